@@ -82,7 +82,12 @@ def _feed(upstream, dataset, batch_size, names=("cosine", "cka", "debiased_cka",
     return metric_set, stats
 
 
-def _assert_same_statistics(a: MetricSet, b: MetricSet, atol=1e-10):
+# float32 hidden states: the metrics' products are float32 (``metrics.product_dtype``), so differently
+# grouped or shifted passes agree to float32 round-off (~1e-7), not float64's
+F32_PRODUCTS_ATOL = 1e-6
+
+
+def _assert_same_statistics(a: MetricSet, b: MetricSet, atol=F32_PRODUCTS_ATOL):
     va, vb = a.compute(), b.compute()
     assert set(va) == set(vb)
     for name in va:
@@ -324,12 +329,12 @@ def test_analyze_equals_gram_matrix_formulas_on_independently_collected_frames(t
     for name, matrix in expected.items():
         got = report.metrics[name]
         assert got.shape == (5, 5)
-        tol = 1.0 / (k * n) + 1e-12 if name == "mknn" else 1e-8  # mknn: float32 sample, at most one neighbour swap
+        tol = 1.0 / (k * n) + 1e-12 if name == "mknn" else F32_PRODUCTS_ATOL  # mknn: float32 sample, at most one neighbour swap
         np.testing.assert_allclose(got, matrix.numpy(), rtol=0, atol=tol, err_msg=name)
         assert report.blocks[name]["blocks"] == [list(b) for b in find_blocks(matrix).blocks]
         assert len(report.blocks[name]["redundancy"]) == 5
     bi = 1.0 - torch.diagonal(expected["cosine"], offset=1)
-    np.testing.assert_allclose(report.block_influence, bi.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(report.block_influence, bi.numpy(), rtol=0, atol=F32_PRODUCTS_ATOL)
     assert not np.allclose(report.metrics["cka"], report.metrics["debiased_cka"])  # two different estimators
 
 
@@ -342,7 +347,7 @@ def test_cka_shared_with_debiased_statistics_equals_a_separate_linear_cka():
     alone, _ = _feed(up, data, batch_size=2, names=("cka",))
     assert isinstance(alone.instances["cka"], LinearCKA) and "block_influence" in alone.instances
     torch.testing.assert_close(shared.compute()["cka"], alone.compute()["cka"], atol=1e-12, rtol=0)
-    torch.testing.assert_close(shared.compute()["block_influence"], alone.compute()["block_influence"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(shared.compute()["block_influence"], alone.compute()["block_influence"], atol=F32_PRODUCTS_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize(

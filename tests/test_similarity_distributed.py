@@ -29,7 +29,7 @@ def make_data():
     # rank 1's frames come from a shifted distribution: different reference points per rank
     layers = [torch.cat([h[:SPLIT], 1.3 * h[SPLIT:] + 5.0]) for h in layers]
     keys = torch.arange(10_000, 10_000 + N) * 7
-    return layers, keys
+    return [h.double() for h in layers], keys  # float64: float64 products, so ranks == one process to round-off
 
 
 def feed(metric, layers, keys, start, stop, batch):

@@ -159,8 +159,8 @@ class MetricSet:
 
     # ---- consumer ----------------------------------------------------------------------
     def update(self, layers: Sequence[torch.Tensor], keys: Optional[torch.Tensor] = None) -> None:
-        """Feed every instance the same frames (converted to float64 once; the metrics accumulate in float64)."""
-        layers = [h if h.dtype == torch.float64 else h.to(torch.float64) for h in layers]
+        """Feed every instance the same frames (each metric computes its products in the frames' precision and
+        accumulates in float64, see ``metrics.product_dtype``)."""
         for metric in self.instances.values():
             metric.update(layers, keys=keys)
 

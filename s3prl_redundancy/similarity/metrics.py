@@ -11,7 +11,9 @@ Every metric follows the same torchmetrics-like life cycle::
     matrix = metric.compute()                          # (L, L) float64
 
 All statistics are accumulated in float64 on the device of the first input, whatever
-the input dtype (float32, bfloat16, ...).  ``merge`` combines two instances as if one had
+the input dtype (float32, bfloat16, ...).  Per-batch products are computed in the inputs'
+precision (float64 inputs: float64; float32 and narrower: float32, the precision the hidden
+states have anyway) and summed into the float64 state; see :func:`product_dtype`.  ``merge`` combines two instances as if one had
 seen both streams, ``sync`` does the same across ``torch.distributed`` ranks, and
 ``state_dict`` / ``load_state_dict`` let a long run checkpoint and resume.
 
@@ -47,10 +49,25 @@ __all__ = [
     "build_metrics",
     "hash_keys",
     "block_influence_from_cosine",
+    "product_dtype",
 ]
 
 _F64 = torch.float64
 _STATE_VERSION = 1
+
+
+def product_dtype(dtype: torch.dtype, products: str = "auto") -> torch.dtype:
+    """The dtype in which a batch's products (dot products, ``X^T X``) are computed.
+
+    ``"auto"``: float64 for float64 inputs, float32 for everything else (float32 hidden
+    states carry 24 bits; a float32 GEMM over a few thousand frames adds a relative error
+    of about 1e-7, below what the inputs hold, at half the cost of float64 on CPUs and far
+    less on GPUs).  ``"float64"``: always float64 (bitwise the most reproducible, slower).
+    Every running sum is float64 either way.
+    """
+    if products not in ("auto", "float64"):
+        raise ValueError(f"products must be 'auto' or 'float64', got {products!r}")
+    return _F64 if products == "float64" or dtype == _F64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------
@@ -130,6 +147,8 @@ class LayerSimilarityMetric(abc.ABC):
             self._layer_dims = tuple(int(h.shape[1]) for h in layers)
             self._init_state(self._layer_dims, layers[0].device)
         elif self.device != layers[0].device:
+            with torch.no_grad():
+                self._flush()
             self._move_to(layers[0].device)
         with torch.no_grad():
             self._update(layers, keys)
@@ -139,6 +158,7 @@ class LayerSimilarityMetric(abc.ABC):
         if self._layer_dims is None:
             raise RuntimeError(f"{type(self).__name__}: no frames seen; call update() before compute()")
         with torch.no_grad():
+            self._flush()
             return self._compute()
 
     def reset(self) -> None:
@@ -158,6 +178,9 @@ class LayerSimilarityMetric(abc.ABC):
                 f"{self.config()} vs {other.config()}"
             )
         if other._layer_dims is not None:
+            with torch.no_grad():
+                self._flush()
+                other._flush()
             if self._layer_dims is None:
                 self._layer_dims = other._layer_dims
                 self._init_state(self._layer_dims, other.device)
@@ -186,6 +209,7 @@ class LayerSimilarityMetric(abc.ABC):
         if dist.get_world_size(group) == 1 or self._synced:
             return
         with torch.no_grad():
+            self._flush()
             if self._sync_layout(group):
                 self._sync_state(group)
         self._synced = True
@@ -236,6 +260,14 @@ class LayerSimilarityMetric(abc.ABC):
 
     @abc.abstractmethod
     def _compute(self) -> torch.Tensor: ...
+
+    def _flush(self) -> None:
+        """Fold work deferred by ``_update`` (buffered frames) into ``self._state``.
+
+        Called before anything reads the state: ``compute``, ``merge`` (both sides), ``sync``
+        and a move to another device.  ``state_dict`` exports deferred work as it is instead,
+        so that a resumed run groups its work exactly like an uninterrupted one.
+        """
 
     def _tensors(self) -> List[torch.Tensor]:
         return list(self._state.values())
@@ -361,19 +393,19 @@ def _raise_non_finite(bad: Sequence[int]) -> None:
     raise ValueError(f"non-finite values (NaN/inf) in layer(s) {list(bad)}; the batch was not added")
 
 
-def _unit_rows(layers: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """Rows scaled to unit L2 norm in float64 (all-zero rows stay zero).
+def _unit_rows(layers: Sequence[torch.Tensor], products: str = "auto") -> List[torch.Tensor]:
+    """Rows scaled to unit L2 norm in ``product_dtype`` (all-zero rows stay zero).
 
     Raises ``ValueError`` (before any state changes) if a layer has NaN/inf values: they
     make the row norms non-finite, which is far cheaper to test than every element.
     """
     rows, bad = [], []
     for i, h in enumerate(layers):
-        x = h.to(_F64)
+        x = h.to(product_dtype(h.dtype, products))
         norms = torch.linalg.vector_norm(x, dim=1)
         if not bool(torch.isfinite(norms.sum())):
             bad.append(i)
-        rows.append(x / norms.clamp_min(1e-300)[:, None])
+        rows.append(x / norms.clamp_min(torch.finfo(x.dtype).tiny)[:, None])
     if bad:
         _raise_non_finite(bad)
     return rows
@@ -391,7 +423,8 @@ class _SameWidthMixin:
 class CosineSimilarity(_SameWidthMixin, LayerSimilarityMetric):
     """``S_ij = mean_t cos(h_i[t], h_j[t])``; an all-zero frame vector has cosine 0.
 
-    Statistics: ``n`` and the ``(L, L)`` sum of cosines.  Per batch one ``(L, N*D)`` matmul.
+    Statistics: ``n`` and the ``(L, L)`` sum of cosines.  Per batch one ``(L, N*D)`` float64
+    matmul of the unit rows (normalised in the product dtype).
     """
 
     name = "cosine"
@@ -404,7 +437,9 @@ class CosineSimilarity(_SameWidthMixin, LayerSimilarityMetric):
         }
 
     def _update(self, layers: List[torch.Tensor], keys: torch.Tensor) -> None:
-        flat = torch.stack(_unit_rows(layers)).flatten(1)  # (L, N*D)
+        # unit rows in the product dtype, then one (L, N*D) x (N*D, L) GEMM in float64: cheap (L^2 N D
+        # multiply-adds) and free of float32 accumulation over N*D terms
+        flat = torch.stack(_unit_rows(layers)).flatten(1).to(_F64)  # (L, N*D)
         self._state["cos_sum"].addmm_(flat, flat.T)
         self._state["n"] += layers[0].shape[0]
 
@@ -434,7 +469,7 @@ class BlockInfluence(_SameWidthMixin, LayerSimilarityMetric):
 
     def _update(self, layers: List[torch.Tensor], keys: torch.Tensor) -> None:
         unit = _unit_rows(layers)
-        sums = torch.stack([(a * b).sum() for a, b in zip(unit[:-1], unit[1:])])
+        sums = torch.stack([(a * b).sum(1).sum(dtype=_F64) for a, b in zip(unit[:-1], unit[1:])])
         self._state["cos_sum"] += sums
         self._state["n"] += layers[0].shape[0]
 
@@ -452,24 +487,22 @@ def block_influence_from_cosine(cosine: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 # Linear CKA (biased and debiased), exact and streaming
 # --------------------------------------------------------------------------------------
-# Measured per-batch cost of update() on this machine (2 CPU cores shared with other
-# jobs, load 4-5, AVX-512, torch 2.13 CPU, float32 inputs; min / median of 9 runs):
-#   L=7,  D=256, N=1000: cka 0.11 / 0.13 s, debiased_cka 0.11 / 0.16 s, cosine 9 / 15 ms,
-#                        mknn 8 / 9 ms, block_influence 2 / 2 ms;
-#                        a 6-layer 256-wide nn.TransformerEncoder forward: 0.31 / 0.41 s.
-#   L=13, D=768, N=500:  cka 1.2 / 1.5 s, debiased_cka 1.3 / 1.7 s, cosine 0.15 / 0.21 s,
-#                        mknn 0.03 / 0.19 s, block_influence 0.03 / 0.09 s;
-#                        a 12-layer 768-wide TransformerEncoder forward: 2.5 / 2.6 s.
-# The CKA statistics cost N * L(L+1)/2 * D^2 float64 multiply-adds (27 G for the second
-# case, ~38 GFLOP/s here), about 0.5x a base-size forward; cka + debiased_cka + the rest
-# together ~1.1x.  float32 products measured only ~1.3x faster, so they stay float64.
-# Both CKAs come from the same statistics: DebiasedLinearCKA.compute_biased() avoids
-# paying for the GEMM twice.
+# Cost.  The CKA statistics need the upper block triangle of X^T X: N * L(L+1)/2 * D^2
+# multiply-adds per batch of N frames (HuBERT Base, 13 hidden states: 54 M per frame, about
+# 38% of the 141 M multiply-adds per frame of the forward pass).  That count is the floor of
+# any exact feature-space method; the implementation's job is to run it at the machine's
+# GEMM peak: products in float32 for float32 inputs (2x float64's peak on CPUs), frames
+# buffered to ``buffer_frames`` rows per GEMM (a few hundred rows per call ran at 70% of
+# peak on the 2-core AVX-512 machine, 2,000+ rows at 90-95%), and the float64 state
+# (L(L+1)/2 D^2 values, 430 MB for Base) read and written once per buffer, not once per
+# batch.  Measured there with the buffer: 0.36 s per 600 frames of Base (float32 GEMMs),
+# against 0.67 s for per-batch float64 GEMMs.  docs/similarity.md has the side-by-side numbers.
 class _LinearKernelStatistics(LayerSimilarityMetric):
     """Feature-space sufficient statistics of all layers, concatenated to ``Dt = sum D_l``.
 
     With ``x_a`` the concatenated frame ``a`` minus a fixed reference ``c`` (the mean of the
-    first batch, which keeps the float64 sums well conditioned) the state is
+    first batch, which keeps the sums well conditioned: products of shifted features do not
+    cancel) the state is
 
     * ``n``; ``sum = sum_a x_a`` (Dt);
     * ``cross.i = sum_a x_a[i] x_a[j>=i]^T``: the upper block triangle of ``X^T X``
@@ -477,13 +510,42 @@ class _LinearKernelStatistics(LayerSimilarityMetric):
     * debiased only, with ``q_a[l] = ||x_a[l]||^2``: ``weighted_sum = sum_a x_a q_a^T``
       (Dt, L) and ``sqnorm_cross = sum_a q_a q_a^T`` (L, L).
 
-    Moving the reference (to merge, sync or centre) is exact algebra on these sums.
+    The shifted frames are rounded once to the product dtype (:func:`product_dtype`); every
+    statistic is computed from those same values, so the centred second moment stays
+    positive semi-definite.  ``sum`` and the quartic terms are added per batch; the
+    ``X^T X`` products wait until ``buffer_frames`` frames are buffered (at most
+    ``(buffer_frames + N) * Dt`` values in the product dtype) and are folded in before
+    anything reads the state.  Moving the reference (to merge, sync or centre) is exact
+    algebra on these sums.
+
+    Args:
+        products: ``"auto"`` or ``"float64"``, see :func:`product_dtype`.
+        buffer_frames: frames per ``X^T X`` GEMM (memory / speed trade-off; results are
+            the same up to float rounding for any value >= 1).
     """
 
     _quartic: ClassVar[bool] = False
 
+    def __init__(self, products: str = "auto", buffer_frames: int = 2048) -> None:
+        super().__init__()
+        product_dtype(torch.float32, products)  # validates
+        if int(buffer_frames) < 1:
+            raise ValueError(f"buffer_frames must be >= 1, got {buffer_frames}")
+        self.products = products
+        self.buffer_frames = int(buffer_frames)
+        self._pending: List[torch.Tensor] = []
+        self._pending_rows = 0
+
+    def config(self) -> Dict[str, Any]:
+        return {"products": self.products}
+
+    def reset(self) -> None:
+        super().reset()
+        self._pending, self._pending_rows = [], 0
+
     # ---- layout ---------------------------------------------------------------------
     def _init_state(self, dims: Tuple[int, ...], device: torch.device) -> None:
+        self._pending, self._pending_rows = [], 0
         self._offsets = [0]
         for d in dims:
             self._offsets.append(self._offsets[-1] + d)
@@ -513,23 +575,41 @@ class _LinearKernelStatistics(LayerSimilarityMetric):
     # ---- accumulation -----------------------------------------------------------------
     def _update(self, layers: List[torch.Tensor], keys: torch.Tensor) -> None:
         st = self._state
-        x = torch.cat([h.to(_F64) for h in layers], dim=1)  # (N, Dt), a fresh tensor
-        col_sums = x.sum(0)  # NaN/inf anywhere in a layer makes its column sums non-finite
+        x = torch.cat(layers, dim=1)  # (N, Dt)
+        col_sums = x.sum(0, dtype=_F64)  # NaN/inf anywhere in a layer makes its column sums non-finite
         if not bool(torch.isfinite(col_sums).all()):
             finite = [bool(torch.isfinite(col_sums[self._slice(i)]).all()) for i in range(len(layers))]
             _raise_non_finite([i for i, ok in enumerate(finite) if not ok])
+        pdt = product_dtype(x.dtype, self.products)
         if self._n() == 0:
-            st["shift"].copy_(x.mean(0))
-        x -= st["shift"]
-        st["sum"] += x.sum(0)
-        for i in range(len(layers)):
-            # one GEMM per row strip: only the i <= j blocks are computed
-            st[f"cross.{i}"].addmm_(x[:, self._slice(i)].T, x[:, self._offsets[i] :])
+            # the reference is representable in the product dtype, so x - c is one correctly rounded
+            # subtraction in that dtype; every statistic below uses the same rounded values
+            st["shift"].copy_((col_sums / x.shape[0]).to(pdt))
+        xs = x.to(pdt) - st["shift"].to(pdt)
+        st["sum"] += xs.sum(0, dtype=_F64)
         if self._quartic:
-            q = torch.stack([x[:, self._slice(i)].square().sum(1) for i in range(len(layers))], dim=1)
-            st["weighted_sum"].addmm_(x.T, q)
+            q = torch.stack([xs[:, self._slice(i)].square().sum(1, dtype=_F64) for i in range(len(layers))], dim=1)
+            st["weighted_sum"] += xs.T @ q.to(pdt)
             st["sqnorm_cross"].addmm_(q.T, q)
         st["n"] += x.shape[0]
+        self._pending.append(xs)
+        self._pending_rows += xs.shape[0]
+        if self._pending_rows >= self.buffer_frames:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        x = self._pending[0] if len(self._pending) == 1 else torch.cat(self._pending)
+        self._pending, self._pending_rows = [], 0
+        st = self._state
+        for i in range(len(self._layer_dims)):
+            # one GEMM per row strip: only the i <= j blocks are computed
+            strip = st[f"cross.{i}"]
+            if x.dtype == _F64:
+                strip.addmm_(x[:, self._slice(i)].T, x[:, self._offsets[i] :])
+            else:
+                strip += torch.mm(x[:, self._slice(i)].T, x[:, self._offsets[i] :])
 
     # ---- moving the reference point ---------------------------------------------------
     def _shift_terms(self, d: torch.Tensor, with_md: bool) -> Dict[str, torch.Tensor]:
@@ -619,6 +699,25 @@ class _LinearKernelStatistics(LayerSimilarityMetric):
             strip += n * torch.outer(d[self._slice(i)], d[tail])
         s -= n * d
         st["shift"] += d
+
+    def _export_state(self) -> Dict[str, torch.Tensor]:
+        out = super()._export_state()
+        if self._pending:
+            out["pending"] = torch.cat(self._pending).clone()
+        return out
+
+    def _import_state(self, tensors: Dict[str, torch.Tensor]) -> None:
+        tensors = dict(tensors)
+        pending = tensors.pop("pending", None)
+        super()._import_state(tensors)
+        if pending is not None:
+            if pending.dim() != 2 or pending.shape[1] != self._offsets[-1] or not pending.is_floating_point():
+                raise ValueError(
+                    f"state tensor 'pending': got {tuple(pending.shape)} {pending.dtype}, expected "
+                    f"(frames, {self._offsets[-1]}) floating point"
+                )
+            self._pending = [pending.clone().to(self._state["sum"].device)]
+            self._pending_rows = pending.shape[0]
 
     def _merge_state(self, other: LayerSimilarityMetric) -> None:
         assert isinstance(other, _LinearKernelStatistics)
@@ -757,6 +856,7 @@ class DebiasedLinearCKA(_LinearKernelStatistics):
         if n < 2:
             raise ValueError(f"linear CKA needs at least 2 frames to centre the features; got n={n}")
         with torch.no_grad():
+            self._flush()
             return self._linear_cka(self._centred_summary(quartic=False))
 
 

@@ -81,7 +81,17 @@ UPSTREAM_NAMES: Dict[str, str] = {
     "hubert_base": "hubert",
     "wav2vec2_base_960": "wav2vec2",
     "wavlm_base_plus": "wavlm",
+    "tiny_hubert": "hubert",  # the embedded default model: a hubert_local checkpoint shipped with the package
 }
+
+
+def embedded_checkpoint(name: str) -> Optional[str]:
+    """The shipped checkpoint of an embedded upstream (``tiny_hubert``); None for every other name."""
+    if name == "tiny_hubert":
+        from .upstreams.tiny.expert import resolve_ckpt
+
+        return resolve_ckpt(None)
+    return None
 
 
 def detect_family(ckpt: Mapping[str, Any]) -> Optional[str]:

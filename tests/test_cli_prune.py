@@ -61,3 +61,14 @@ def test_existing_output_needs_force(tiny_ckpts, tmp_path, capsys):
     assert "already holds pruned.pt, manifest.json" in err and "--force" in err
     assert (out / "pruned.pt").read_bytes() == before
     assert main(argv + ["--force"]) == 0
+
+
+def test_embedded_tiny_hubert_is_a_prune_source_without_ckpt(tmp_path):
+    from s3prl_redundancy.upstreams.tiny.expert import DEFAULT_CKPT
+
+    out = tmp_path / "out"
+    assert main(["prune", "--upstream", "tiny_hubert", "--strategy", "backward", "--ratio", "0.4", "--out", str(out),
+                 "--no-latency"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == str(DEFAULT_CKPT) and manifest["family"] == "hubert"
+    assert manifest["keep_layers"] == [0, 1, 2, 3] and manifest["removed_layers"] == [4, 5]  # 40% of 6 layers

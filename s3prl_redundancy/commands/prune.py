@@ -18,7 +18,7 @@ import sys
 def add_arguments(parser):
     from s3prl_redundancy.compression.strategies import BUILTIN_STRATEGIES
 
-    parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local")
+    parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local, or tiny_hubert (the embedded model)")
     parser.add_argument("--ckpt", help="source checkpoint (s3prl local format); default: s3prl's default weights for the family")
     parser.add_argument("--out", required=True, help="output folder (pruned.pt, manifest.json, scores.png)")
     parser.add_argument("--force", action="store_true", help="overwrite pruned.pt / manifest.json / scores.png already in --out")
@@ -98,9 +98,10 @@ def run(args) -> int:
                                         parse_techniques, write_output)
     from ..compression.strategies import Target, build_strategy, plan_layers
     from ..errors import UserInputError
-    from ..families import family_for_upstream
+    from ..families import embedded_checkpoint, family_for_upstream
 
     family = family_for_upstream(args.upstream)
+    args.ckpt = args.ckpt or embedded_checkpoint(args.upstream)
     target = Target.from_options(args.drop, args.keep, args.ratio, args.keep_layers, args.param_budget, args.latency_budget)
     name = args.strategy or ("explicit" if target.kind == "layers" else None)
     techniques = TechniqueOptions(parse_techniques(args.technique), args.heads_drop, args.heads_ratio, args.head_importance,

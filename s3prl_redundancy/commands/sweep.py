@@ -46,9 +46,10 @@ def run(args) -> int:
     from ..compression.sweep import OUTPUT_NAMES, run_sweep, write_sweep
     from ..compression.compress import check_output_dir
     from ..errors import UserInputError
-    from ..families import family_for_upstream
+    from ..families import embedded_checkpoint, family_for_upstream
 
     family = family_for_upstream(args.upstream)
+    args.ckpt = args.ckpt or embedded_checkpoint(args.upstream)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not strategies:
         raise UserInputError("--strategies is empty; give e.g. backward,block-influence")

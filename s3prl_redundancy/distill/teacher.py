@@ -19,6 +19,7 @@ from ..families import FAMILIES, Family, detect_family
 TEACHER_NAMES: Dict[str, str] = {
     **{f.local_entry: f.name for f in FAMILIES.values()},
     **{f.name: f.name for f in FAMILIES.values()},
+    "tiny_hubert": "hubert",  # the embedded default model (its shipped checkpoint unless --ckpt is given)
 }
 
 
@@ -35,10 +36,13 @@ def resolve_teacher(name: str, ckpt: Optional[str] = None, refresh: bool = False
     from ..checkpoints import load_family_checkpoint
     from s3prl_redundancy.upstreams.pruned.expert import resolve_source
 
+    from ..families import embedded_checkpoint
+
     if name not in TEACHER_NAMES:
         raise UserInputError(f"unknown teacher {name!r}; use one of: {', '.join(sorted(TEACHER_NAMES))} "
                              "(the *_local names need --ckpt PATH to a checkpoint in s3prl's local format)")
     family = FAMILIES[TEACHER_NAMES[name]]
+    ckpt = ckpt or embedded_checkpoint(name)
     if name == family.local_entry and not ckpt:
         raise UserInputError(f"--teacher {name} needs --ckpt PATH (a {family.name} checkpoint in s3prl's local format); "
                              f"or use --teacher {family.name} for s3prl's default {family.name} weights")

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv demo test test-all bench clean-venv system-deps
+.PHONY: venv demo test test-all bench ks-check clean-venv system-deps
 
 venv: $(STAMP)
 
@@ -42,8 +42,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The benchmark suite (benchmarks/bench_*.py; every figure a ratio measured side by side, see
+# benchmarks/conftest.py), then docs/performance.md from its JSON. About 5 minutes on 2 CPU cores.
+# BENCH_THREADS, BENCH_ROUNDS and BENCH_AUDIO_SECONDS change the settings.
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-json=docs/benchmarks.json
+	@# the page is rendered even when a benchmark's assertion fails (make still fails then)
+	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only --benchmark-json=docs/benchmarks.json; \
+	status=$$?; $(BIN)/python benchmarks/render_performance.py docs/benchmarks.json docs/performance.md && exit $$status
+
+# issue 7's check: KS accuracy kept by 40% layer pruning of tiny_hubert (sweep + s3prl run_downstream; ~30 min on 2 cores)
+ks-check: $(STAMP)
+	BIN=$(BIN) tools/ks_capacity_check.sh runs/ks_check
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,100 +1,170 @@
-"""Size and speed of a distilled student against a HuBERT Base-sized teacher (random weights: speed and
-size do not depend on them). Not part of the default test run::
+"""Distillation: the replaced stack against the teacher's, the whole upstream, and training throughput.
 
-    .venv/bin/python -m pytest benchmarks/bench_distill.py --benchmark-only -p no:cacheprovider -s
+Teacher: HuBERT Base's architecture (12 layers, 768 dims, 12 heads, FFN 3072, 512-channel CNN; random
+weights: size and speed do not depend on them). Students: the frozen front end plus a mimicker of every
+architecture (``mlp``, ``linear``, ``transformer``; h = 64, all 12 layers as targets).
 
-Teacher and student are timed side by side in one run (interleaved repeats, median), on 4 s of audio.
-Asserted for every mimicker architecture: the replaced part has at most 5% of the transformer stack's
-parameters and takes at most 6% of its latency. The whole upstream's ratios are reported, not asserted:
-the frozen CNN front end (4.2M parameters, most of the MACs left) dominates what remains.
+1. Replaced stack: parameters, MACs (:func:`s3prl_redundancy.compression.cost.macs`) and latency of each
+   mimicker as a fraction of the teacher's transformer stack (``TeacherStack``), all timed side by side on
+   the same transformer input (``BENCH_AUDIO_SECONDS`` of audio; a mimicker's time per round is the mean of
+   ``MIMICKER_CALLS`` calls). Asserted: at most 5% of the parameters
+   and MACs and at most 6% of the latency. ``distill.report.build_report`` is checked to count the same.
+2. Whole upstream: student against teacher, with the front end alone as the floor (the frozen CNN is most
+   of what is left).
+3. Training throughput, seconds of audio per second of training: one training step of
+   :class:`~s3prl_redundancy.distill.trainer.Trainer` (its ``step_losses``, backward and Adam step, as
+   ``Trainer.train`` runs them) against the teacher's forward on the same batch (the floor: a step needs
+   the teacher's hidden states), and the step with the teacher's states cached on disk
+   (``--cache-teacher``) against the uncached step.
 """
 
 from __future__ import annotations
 
-import functools
-import json
+import itertools
 
 import pytest
 import torch
 
-from s3prl_redundancy.checkpoints import checkpoint_buffer
-from s3prl_redundancy.distill.report import build_report, render_markdown, time_side_by_side
-from s3prl_redundancy.distill.student import Student
-from s3prl_redundancy.families import FAMILIES
-from s3prl_redundancy.testing import build_checkpoint, random_wavs
+from conftest import (DISTILL_ARCH, DISTILL_HIDDEN, ROUNDS, SECONDS, median, perturbed_student, record_context,
+                      record_ratios, round_ratios, waveforms)
+from s3prl_redundancy.compression.cost import count_module_parameters, macs, time_rounds
 
-BASE_CONV = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2"  # the standard wav2vec 2.0 / HuBERT CNN
-SECONDS = 4.0
-REPEATS = 7
-
-
-@functools.lru_cache(maxsize=None)
-def hubert_base():
-    """HuBERT Base's architecture (12 layers, 768 dims, 12 heads, FFN 3072), random weights."""
-    ckpt = build_checkpoint("hubert", num_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
-                            encoder_attention_heads=12, conv_feature_layers=BASE_CONV, conv_pos=128, conv_pos_groups=16)
-    expert = FAMILIES["hubert"].expert_class()(checkpoint_buffer(ckpt)).eval()
-    return ckpt, expert
+ARCHS = ("mlp", "linear", "transformer")
+TRAIN_BATCH = 4
+STACK_PARAMS_TARGET, STACK_MACS_TARGET, STACK_LATENCY_TARGET = 0.05, 0.05, 0.06
+MIMICKER_CALLS = 40  # a mimicker takes milliseconds: timed over 40 calls per round, so jitter does not dominate
 
 
-@functools.lru_cache(maxsize=None)
-def side_by_side(arch: str):
-    ckpt, expert = hubert_base()
-    torch.manual_seed(0)
-    student = Student.from_teacher("hubert", ckpt, arch=arch, hidden=64).eval()
-    with torch.no_grad():  # non-zero output layers, as after training (same cost either way)
-        for p in student.mimicker.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    report = build_report(student, expert, "hubert", random_wavs((16000,)), repeats=REPEATS, seconds=SECONDS,
-                          audio_note="random audio (speed benchmark)")
-    return student, report
+@pytest.fixture(scope="module")
+def students(base_ckpt):
+    return {arch: perturbed_student(base_ckpt, arch=arch) for arch in ARCHS}
 
 
-def summary(report):
-    p, m, t = report["parameters"], report["macs_per_second_of_audio"], report["latency_seconds"]
-    return {
-        "params_stack_teacher": p["teacher_stack"], "params_stack_student": p["student_replaced"],
-        "params_ratio_stack": round(p["ratio_replaced_to_stack"], 5),
-        "params_upstream_teacher": p["teacher_upstream"], "params_upstream_student": p["student_upstream"],
-        "params_ratio_upstream": round(p["ratio_upstream"], 4),
-        "macs_ratio_stack": round(m["ratio_stack"], 5), "macs_ratio_upstream": round(m["ratio_upstream"], 4),
-        "latency_stack_teacher_ms": round(t["teacher_stack"] * 1e3, 2),
-        "latency_stack_student_ms": round(t["student_stack"] * 1e3, 3),
-        "latency_ratio_stack": round(t["ratio_stack"], 4),
-        "latency_upstream_teacher_ms": round(t["teacher_upstream"] * 1e3, 1),
-        "latency_upstream_student_ms": round(t["student_upstream"] * 1e3, 1),
-        "latency_ratio_upstream": round(t["ratio_upstream"], 4),
-        "threads": t["threads"],
-    }
+def test_replaced_stack_against_the_teacher_stack(benchmark, base_upstream, students):
+    from s3prl_redundancy.distill.report import build_report
+    from s3prl_redundancy.distill.teacher import TeacherStack
 
-
-@pytest.mark.parametrize("arch", ["mlp", "linear", "transformer"])
-def test_replaced_part_is_tiny_next_to_the_stack(arch, benchmark):
-    student, report = side_by_side(arch)
-    x0, mask = student.front_end(random_wavs((int(SECONDS * 16000),)))
+    benchmark.group = "distillation: replaced stack vs the teacher's stack"
+    stack = TeacherStack(base_upstream.model, "hubert").eval()
     with torch.inference_mode():
-        benchmark.pedantic(lambda: student.mimicker(x0, mask), rounds=20, warmup_rounds=2)
-    info = summary(report)
-    benchmark.extra_info.update(info)
-    print(f"\n[{arch}] " + json.dumps(info))
-    print(render_markdown(report).split("\n## ")[0])
-    assert report["parameters"]["ratio_replaced_to_stack"] <= 0.05
-    assert report["latency_seconds"]["ratio_stack"] <= 0.06
-    assert report["macs_per_second_of_audio"]["ratio_stack"] <= 0.05
+        x0, mask = students["mlp"].front_end(waveforms(1))
+    fns = {"teacher_stack": lambda: stack(x0)}
+    calls = {arch: (lambda s=s: s.mimicker(x0, mask)) for arch, s in students.items()}
+    fns.update({arch: (lambda c=c: [c() for _ in range(MIMICKER_CALLS)]) for arch, c in calls.items()})
+    times = benchmark.pedantic(time_rounds, args=(fns,), kwargs=dict(repeats=ROUNDS, warmup=1), rounds=1, iterations=1)
+    for arch in calls:
+        times[arch] = [t / MIMICKER_CALLS for t in times[arch]]
+
+    stack_params, stack_macs = count_module_parameters(stack), macs(fns["teacher_stack"])
+    context = {"audio_seconds": SECONDS, "frames": int(x0.shape[1]), "teacher_stack_parameters": stack_params,
+               "teacher_stack_macs_per_audio_s": stack_macs / SECONDS,
+               "teacher_stack_s": median(times["teacher_stack"])}
+    for arch, student in students.items():
+        params, mac = count_module_parameters(student.mimicker), macs(calls[arch])
+        record_ratios(benchmark, f"{arch}: latency / teacher stack", round_ratios(times, arch, "teacher_stack"),
+                      "teacher's 12-layer stack on the same input, same round", target=f"<= {STACK_LATENCY_TARGET}")
+        record_ratios(benchmark, f"{arch}: parameters / teacher stack", [params / stack_params],
+                      "teacher stack's parameters", target=f"<= {STACK_PARAMS_TARGET}")
+        record_ratios(benchmark, f"{arch}: MACs / teacher stack", [mac / stack_macs], "teacher stack's MACs",
+                      target=f"<= {STACK_MACS_TARGET}")
+        context.update({f"{arch}_parameters": params, f"{arch}_macs_per_audio_s": mac / SECONDS,
+                        f"{arch}_s": median(times[arch])})
+        assert params / stack_params <= STACK_PARAMS_TARGET
+        assert mac / stack_macs <= STACK_MACS_TARGET
+        assert median(round_ratios(times, arch, "teacher_stack")) <= STACK_LATENCY_TARGET
+    record_context(benchmark, **context)
+
+    # the distillation report counts the same parameters and MACs (one quick timing round only)
+    report = build_report(students["mlp"], base_upstream, "hubert", waveforms(1, seconds=1.0), repeats=1,
+                          seconds=SECONDS, audio_note="random audio (benchmark)")
+    assert report["parameters"]["teacher_stack"] == stack_params
+    assert report["parameters"]["student_replaced"] == count_module_parameters(students["mlp"].mimicker)
+    assert report["macs_per_second_of_audio"]["teacher_stack"] * SECONDS == pytest.approx(stack_macs, rel=1e-9)
 
 
-def test_whole_upstream_is_dominated_by_the_front_end(benchmark):
-    student, report = side_by_side("mlp")
-    _, expert = hubert_base()
-    wavs = random_wavs((int(SECONDS * 16000),))
-    with torch.inference_mode():
-        benchmark.pedantic(lambda: student(wavs), rounds=5, warmup_rounds=1)
-    timing = time_side_by_side({"front_end": lambda: student.front_end(wavs), "student": lambda: student(wavs),
-                                "teacher": lambda: expert(wavs)}, repeats=REPEATS)
-    info = dict(summary(report), front_end_share_of_student=round(timing["front_end"] / timing["student"], 3),
-                front_end_params=report["parameters"]["front_end"])
-    benchmark.extra_info.update(info)
-    print("\n[whole upstream] " + json.dumps(info))
-    assert report["parameters"]["ratio_upstream"] < 0.2
-    assert timing["front_end"] / timing["student"] > 0.8  # what remains is mostly the frozen CNN
-    assert timing["student"] < timing["teacher"]
+def test_whole_upstream(benchmark, base_upstream, students):
+    benchmark.group = "distillation: whole upstream"
+    student = students[DISTILL_ARCH]
+    wavs = waveforms(1)
+    fns = {"front_end": lambda: student.front_end(wavs), "student": lambda: student(wavs),
+           "teacher": lambda: base_upstream(wavs)}
+    times = benchmark.pedantic(time_rounds, args=(fns,), kwargs=dict(repeats=ROUNDS, warmup=1), rounds=1, iterations=1)
+    front_share = round_ratios(times, "front_end", "teacher")
+    record_ratios(benchmark, f"{DISTILL_ARCH} student / teacher (latency)", round_ratios(times, "student", "teacher"),
+                  "teacher upstream (s3prl's HuBERT expert), same round", floor=median(front_share))
+    record_ratios(benchmark, f"front end / {DISTILL_ARCH} student (latency)", round_ratios(times, "front_end", "student"),
+                  "student upstream, same round", target=">= 0.8")
+    params = {n: count_module_parameters(m) for n, m in (("front_end", student.front_end), ("student", student),
+                                                          ("teacher", base_upstream.model))}
+    record_ratios(benchmark, f"{DISTILL_ARCH} student / teacher (parameters)", [params["student"] / params["teacher"]],
+                  "teacher model's parameters (pre-training heads included)", target="< 0.2")
+    record_context(benchmark, audio_seconds=SECONDS, hidden=DISTILL_HIDDEN,
+                   **{f"{n}_s": median(v) for n, v in times.items()}, **{f"{n}_parameters": p for n, p in params.items()})
+    assert median(times["student"]) < median(times["teacher"])
+    assert median(round_ratios(times, "front_end", "student")) > 0.8  # what remains is mostly the frozen CNN
+
+
+@pytest.fixture(scope="module")
+def trainers(base_ckpt, tmp_path_factory):
+    """An uncached and a cached-teacher trainer on ``2 * TRAIN_BATCH`` tone utterances of ``SECONDS``."""
+    from s3prl_redundancy.distill.synthetic_audio import write_tone_corpus
+    from s3prl_redundancy.distill.trainer import DistillConfig, Trainer
+
+    root = tmp_path_factory.mktemp("distill_bench")
+    ckpt_path = root / "teacher.pt"
+    torch.save(base_ckpt, ckpt_path)
+    write_tone_corpus(root / "data", 2 * TRAIN_BATCH, seed=0, seconds=(SECONDS, SECONDS))
+    out = {}
+    for name, cache in (("uncached", False), ("cached", True)):
+        cfg = DistillConfig(teacher="hubert_local", ckpt=str(ckpt_path), data=str(root / "data"), out=str(root / name),
+                            arch=DISTILL_ARCH, hidden=DISTILL_HIDDEN, steps=1000, batch_size=TRAIN_BATCH,
+                            save_every=1000, report=False, progress=False, heldout=0, cache_teacher=cache)
+        trainer = Trainer(cfg)
+        trainer.prepare()
+        trainer.student.mimicker.train()
+        out[name] = trainer
+    return out
+
+
+def _step_fn(trainer):
+    """One training step as ``Trainer.train`` runs it (batch ``i`` on the i-th call)."""
+    counter = itertools.count()
+
+    def step():
+        terms = trainer.step_losses(next(counter))
+        trainer.optimizer.zero_grad(set_to_none=True)
+        (terms.sum() * trainer.ctx.world_size).backward()
+        trainer.optimizer.step()
+
+    return step
+
+
+def _teacher_fn(trainer):
+    """The teacher's forward on the batch a step would load (batch ``i`` on the i-th call), loading included."""
+    counter = itertools.count()
+
+    def forward():
+        wavs = [trainer.train_set[j][1] for j in trainer.batches.batch(next(counter))]
+        trainer.teacher_states(wavs)
+
+    return forward
+
+
+def test_training_throughput(benchmark, trainers):
+    benchmark.group = "distillation: training throughput"
+    plain, cached = trainers["uncached"], trainers["cached"]
+    fns = {"teacher_forward": _teacher_fn(plain), "step": _step_fn(plain), "step_cached": _step_fn(cached)}
+    times = benchmark.pedantic(time_rounds, args=(fns,), kwargs=dict(repeats=ROUNDS, warmup=1, grad=True),
+                               rounds=1, iterations=1)
+    audio = TRAIN_BATCH * SECONDS
+    record_ratios(benchmark, "training throughput / teacher inference throughput",
+                  round_ratios(times, "teacher_forward", "step"),
+                  "teacher's forward on the same batch (audio s per s), same round", target=">= 0.8", floor=1.0)
+    record_ratios(benchmark, "cached-teacher step / uncached step", round_ratios(times, "step_cached", "step"),
+                  "uncached training step, same round")
+    record_context(benchmark, batch=TRAIN_BATCH, audio_seconds_per_step=audio,
+                   training_audio_s_per_s=audio / median(times["step"]),
+                   cached_training_audio_s_per_s=audio / median(times["step_cached"]),
+                   teacher_inference_audio_s_per_s=audio / median(times["teacher_forward"]),
+                   **{f"{n}_s": median(v) for n, v in times.items()})
+    assert median(times["step_cached"]) < median(times["step"])

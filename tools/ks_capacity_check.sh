@@ -1,38 +1,68 @@
 #!/usr/bin/env bash
-# Issue 7's check, reproducible: does removing 40% of tiny_hubert's layers (no post-training) keep >= 90% of its
-# keyword-spotting accuracy? Every strategy is evaluated (not only the best), through s3prl's real run_downstream,
-# on the mini-SUPERB "small" corpus with SUPERB's KS recipe (official optimizer, model and batch size; only the
-# number of steps and the evaluation interval are shortened). `make ks-check` runs it; results:
-#   $OUT/superb/leaderboard.md   (KS accuracy, capacity kept vs the original, parameters, MACs, latency)
-# Usage: tools/ks_capacity_check.sh [OUT] [STEPS]      (defaults: runs/ks_check 1000)
-# A second run reuses the corpus, the pruned checkpoints and every finished KS run.
+# Issue 7's check, reproducible: does removing 40% of tiny_hubert's layers (2 of 6, no post-training) keep >= 90% of
+# its keyword-spotting accuracy? On the mini-SUPERB "small" corpus (`make ks-check` runs this script):
+#   1. `s3prl-redundancy sweep`: every strategy, 0..3 layers removed, KS accuracy of a linear probe (mean-pooled
+#      hidden states) on a held-out part of the KS *train* split (11 classes: 10 commands + unknown)
+#      -> $OUT/sweep/sweep.csv, sweep.png
+#   2. the original and the sweep's best strategy at 40% (plus `backward`, the simplest baseline) through s3prl's
+#      real run_downstream with SUPERB's KS recipe (official optimizer, model, batch 32; only the number of steps
+#      and the evaluation interval are shortened), tested on the KS *test* split
+#      -> $OUT/superb/leaderboard.md (test accuracy, capacity kept vs the original, parameters, MACs, latency)
+# The strategy is chosen on train-split probe accuracy, never on the test split.
+# Usage: tools/ks_capacity_check.sh [OUT] [STEPS]      (defaults: runs/ks_check 300). Reruns reuse finished parts.
 set -euo pipefail
 OUT=${1:-runs/ks_check}
-STEPS=${2:-1000}
+STEPS=${2:-300}
 BIN=${BIN:-.venv/bin}
 CLI="$BIN/s3prl-redundancy"
-STRATEGIES=(backward block-influence similarity-blocks convexity)
+STRATEGIES=backward,forward,block-influence,similarity-blocks,convexity
 
 mkdir -p "$OUT"
 [ -f "$OUT/corpus/corpus.json" ] || "$CLI" corpus --out "$OUT/corpus" --size small --quiet
-SPEECH="$OUT/corpus/LibriSpeech/train-clean-100"   # many voices: statistics for the data-driven strategies
+KS_TRAIN="$OUT/corpus/speech_commands_v0.01"
+if [ ! -f "$OUT/ks_labels.csv" ]; then  # SUPERB's KS classes: the 10 commands, every other word is _unknown_
+  "$BIN/python" - "$KS_TRAIN" "$OUT/ks_labels.csv" <<'PY'
+import csv, sys
+from pathlib import Path
+commands = {"yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"}
+root, rows = Path(sys.argv[1]), []
+for wav in sorted(root.glob("*/*.wav")):
+    if wav.parent.name != "_background_noise_":
+        rows.append((str(wav), wav.parent.name if wav.parent.name in commands else "_unknown_"))
+with open(sys.argv[2], "w", newline="") as f:
+    csv.writer(f).writerows([("path", "label"), *rows])
+print(f"{len(rows)} labelled KS training clips")
+PY
+fi
+[ -f "$OUT/sweep/sweep.csv" ] || "$CLI" sweep --upstream tiny_hubert --strategies "$STRATEGIES" --data "$KS_TRAIN" \
+  --labels "$OUT/ks_labels.csv" --max-drop 3 --out "$OUT/sweep" --progress
+
+BEST=$("$BIN/python" - "$OUT/sweep/sweep.csv" <<'PY'
+import sys
+import pandas as pd
+rows = pd.read_csv(sys.argv[1])
+at_two = rows[rows["layers_removed"] == 2].sort_values(["probe_accuracy", "strategy"], ascending=[False, True])
+print(at_two.iloc[0]["strategy"])
+PY
+)
+echo "best strategy at 2 of 6 layers removed (train-split probe): $BEST"
 
 labels="original=tiny_hubert"
 args=()
-for strategy in "${STRATEGIES[@]}"; do
+for strategy in $(printf '%s\n' backward "$BEST" | sort -u); do
   name="pruned_${strategy//-/_}"
   if [ ! -f "$OUT/$name/manifest.json" ]; then
     extra=()
-    [ "$strategy" = backward ] || extra=(--data "$SPEECH")
-    "$CLI" prune --upstream tiny_hubert --progress --strategy "$strategy" --ratio 0.4 --out "$OUT/$name" "${extra[@]}"
+    [ "$strategy" = backward ] || [ "$strategy" = forward ] || extra=(--data "$KS_TRAIN")
+    "$CLI" prune --upstream tiny_hubert --strategy "$strategy" --ratio 0.4 --out "$OUT/$name" "${extra[@]}"
   fi
   labels="$labels,$name=pruned_hubert"
   args+=(--upstream-args "$name:k=$OUT/$name/pruned.pt")
 done
 
 "$CLI" superb --upstreams "$labels" --tasks ks --data-root "$OUT/corpus" --out "$OUT/superb" \
-  --profile official --reference original --device "${DEVICE:-cpu}" "${args[@]}" \
-  --recipe-override "ks:runner.total_steps=$STEPS" --recipe-override "ks:runner.eval_step=$((STEPS / 4))" \
-  --recipe-override "ks:runner.save_step=$((STEPS / 4))" --recipe-override "ks:runner.log_step=$((STEPS / 10))" \
+  --profile official --reference original --device "${DEVICE:-cpu}" --jobs "${JOBS:-1}" "${args[@]}" \
+  --recipe-override "ks:runner.total_steps=$STEPS" --recipe-override "ks:runner.eval_step=$((STEPS / 3))" \
+  --recipe-override "ks:runner.save_step=$((STEPS / 3))" --recipe-override "ks:runner.log_step=$((STEPS / 10))" \
   --recipe-override "ks:downstream_expert.datarc.num_workers=0"
 cat "$OUT/superb/leaderboard.md"

@@ -2,10 +2,11 @@
 
 - parameters of the replaced part (the mimicker) versus the teacher's transformer stack, and of the whole
   upstream (front end + stack / mimicker; the teacher's pre-training heads are not counted);
-- MACs per second of audio (``torch.utils.flop_counter.FlopCounterMode``, MACs = FLOPs / 2; it counts
-  matrix products, convolutions and attention, not norms or activations);
+- MACs per second of audio (:func:`s3prl_redundancy.compression.cost.macs`: ``FlopCounterMode``, MACs =
+  FLOPs / 2, fused CPU attention included; it counts matrix products, convolutions and attention, not norms
+  or activations);
 - latency of the stack alone and of the whole upstream, teacher and student timed side by side in one run
-  (interleaved, median of repeats);
+  (:func:`s3prl_redundancy.compression.cost.time_side_by_side`: interleaved, median of repeats);
 - per target layer, on held-out audio: MSE and linear CKA between the student's prediction and the teacher's
   hidden state, over frames, in float64; the same for the transformer input (what "copy the input" would
   score) as a baseline.
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
+
+# parameters, MACs and latency are counted where every other cost is (``macs`` and ``time_side_by_side`` stay
+# importable from here)
+from ..compression.cost import count_module_parameters, macs, time_side_by_side  # noqa: F401
 
 SECONDS = 4.0  # audio length for MACs and latency
 
@@ -79,40 +82,6 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return acc.cka()
 
 
-def count_parameters(module: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-
-
-def macs(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        fn()
-    return int(counter.get_total_flops() // 2)
-
-
-def time_side_by_side(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
-                      device: Optional[torch.device] = None) -> Dict[str, float]:
-    """Median seconds per call of each function; the functions take turns within every repeat (the order
-    alternates), so machine load affects them alike."""
-    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
-    names = list(fns)
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for n in names:
-                fns[n]()
-        for r in range(repeats):
-            for n in (names if r % 2 == 0 else names[::-1]):
-                sync()
-                t0 = time.perf_counter()
-                fns[n]()
-                sync()
-                times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(v) for n, v in times.items()}
-
-
 def layer_errors(student, expert, wavs: Sequence[torch.Tensor], device) -> Dict[str, Any]:
     """Per target: MSE / CKA of the prediction and of the transformer input against the teacher layer."""
     targets = student.targets
@@ -146,14 +115,14 @@ def build_report(student, expert, family: str, wavs: Sequence[torch.Tensor], dev
     wav = torch.randn(int(seconds * 16000), generator=torch.Generator().manual_seed(0)).mul(0.1).to(device)
     with torch.inference_mode():
         x0, mask = student.front_end([wav])
-    front = count_parameters(student.front_end)
+    front = count_module_parameters(student.front_end)
     params = {
-        "teacher_stack": count_parameters(stack),
-        "student_replaced": count_parameters(student.mimicker),
+        "teacher_stack": count_module_parameters(stack),
+        "student_replaced": count_module_parameters(student.mimicker),
         "front_end": front,
     }
     params.update(teacher_upstream=front + params["teacher_stack"], student_upstream=front + params["student_replaced"],
-                  teacher_checkpoint_total=count_parameters(expert.model))
+                  teacher_checkpoint_total=count_module_parameters(expert.model))
     params["ratio_replaced_to_stack"] = params["student_replaced"] / params["teacher_stack"]
     params["ratio_upstream"] = params["student_upstream"] / params["teacher_upstream"]
 

@@ -5,7 +5,7 @@ Nothing is counted twice in this project: this module only combines what exists.
 * MACs: :func:`s3prl_redundancy.compression.cost.count_macs` (``FlopCounterMode`` over one forward, FLOPs / 2,
   with the CPU fused-attention formula added), on the CPU copy of the upstream. MACs do not depend on the
   device, so they are always counted on CPU.
-* Latency: :func:`s3prl_redundancy.distill.report.time_side_by_side`: the upstreams take turns within every
+* Latency: :func:`s3prl_redundancy.compression.cost.time_side_by_side`: the upstreams take turns within every
   repeat (alternating order) and the median is kept, so machine load affects them alike; on CUDA it
   synchronises around every call. Measured on ``device``.
 * Parameters: ``total`` is every parameter of the upstream module as s3prl's hub entry builds it (for
@@ -37,7 +37,7 @@ def _inner_model(upstream: nn.Module) -> Optional[nn.Module]:
 def stack_parameters(upstream: nn.Module) -> Optional[int]:
     """Parameters of the transformer stack (see the module docstring); None when the upstream has neither a
     fairseq-style ``model.encoder.layers`` nor a distilled ``student.mimicker``."""
-    from ..distill.report import count_parameters
+    from ..compression.cost import count_module_parameters
     from ..distill.teacher import stack_parameters as teacher_stack_parameters
 
     model = _inner_model(upstream)
@@ -45,15 +45,15 @@ def stack_parameters(upstream: nn.Module) -> Optional[int]:
         return int(teacher_stack_parameters(model))
     mimicker = getattr(getattr(upstream, "student", None), "mimicker", None)
     if isinstance(mimicker, nn.Module):
-        return count_parameters(mimicker)
+        return count_module_parameters(mimicker)
     return None
 
 
 def parameter_summary(upstream: nn.Module) -> Dict[str, Optional[int]]:
     """``{"total": ..., "stack": ...}`` (see the module docstring)."""
-    from ..distill.report import count_parameters
+    from ..compression.cost import count_module_parameters
 
-    return {"total": count_parameters(upstream), "stack": stack_parameters(upstream)}
+    return {"total": count_module_parameters(upstream), "stack": stack_parameters(upstream)}
 
 
 def measure_upstream_costs(
@@ -70,8 +70,7 @@ def measure_upstream_costs(
     ``device`` for timing. Returns per label ``{"params_total", "params_stack", "macs_per_second",
     "latency_seconds_per_second", "latency_seconds", "audio_seconds", "repeats", "device", "threads"}``.
     """
-    from ..compression.cost import count_macs, reference_waveform
-    from ..distill.report import time_side_by_side
+    from ..compression.cost import count_macs, reference_waveform, time_side_by_side
     from ..upstream_loading import resolve_device
 
     if seconds <= 0:

@@ -1,8 +1,11 @@
 """A fast linear probe of every layer of an s3prl upstream.
 
-Each utterance is mean-pooled over time in every hidden state (``upstream(wavs)["hidden_states"]``);
-a standardised logistic regression (scikit-learn) per layer is trained on some groups and tested on
-the others, so test utterances come from groups (voices, speakers, sentences) never seen by the probe.
+Each utterance is pooled over time in every hidden state (``upstream(wavs)["hidden_states"]``):
+``pooling="mean"`` (the default) averages the frames; ``pooling="mean+std"`` concatenates the mean and
+the standard deviation over time (statistics pooling, as in x-vector speaker embeddings), which keeps
+the spread of each dimension over the utterance. A standardised logistic regression (scikit-learn) per
+layer is trained on some groups and tested on the others, so test utterances come from groups (voices,
+speakers, sentences) never seen by the probe.
 
 Works with any s3prl upstream (an ``UpstreamExpert`` or anything returning ``{"hidden_states": [...]}``)
 and a labelled list of ``(wav, label, group)``.
@@ -18,11 +21,21 @@ from .errors import UserInputError
 
 Item = Tuple[Any, Hashable, Hashable]
 
+POOLINGS = ("mean", "mean+std")
 
-def pooled_features(upstream, wavs: Sequence, batch_size: int = 16, device: str = "cpu") -> List[np.ndarray]:
-    """Per layer, an (N, D) float64 array of time-averaged hidden states (padding frames excluded)."""
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise UserInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def pooled_features(upstream, wavs: Sequence, batch_size: int = 16, device: str = "cpu",
+                    pooling: str = "mean") -> List[np.ndarray]:
+    """Per layer, an (N, D) float64 array of time-averaged hidden states (padding frames excluded);
+    (N, 2 D) ``[mean, std]`` with ``pooling="mean+std"`` (population std over the frames)."""
     import torch
 
+    _check_pooling(pooling)
     upstream.eval()
     per_layer: Optional[List[List[np.ndarray]]] = None
     with torch.no_grad():
@@ -39,7 +52,9 @@ def pooled_features(upstream, wavs: Sequence, batch_size: int = 16, device: str 
                 h = h.float()
                 for b, w in enumerate(chunk):
                     n = max(1, min(frames, int(round(frames * len(w) / longest))))  # drop padded frames
-                    per_layer[li].append(h[b, :n].mean(0).cpu().double().numpy())
+                    x = h[b, :n].double()
+                    pooled = x.mean(0) if pooling == "mean" else torch.cat([x.mean(0), x.std(0, unbiased=False)])
+                    per_layer[li].append(pooled.cpu().numpy())
     if per_layer is None:
         raise UserInputError("the probe needs at least one utterance")
     return [np.stack(layer) for layer in per_layer]
@@ -84,13 +99,14 @@ def probe_features(features: Sequence[np.ndarray], labels: Sequence[Hashable], g
 
 
 def linear_probe(upstream, items: Sequence[Item], test_fraction: float = 0.3, seed: int = 0, batch_size: int = 16,
-                 device: str = "cpu", C: float = 1.0) -> Dict[str, Any]:
+                 device: str = "cpu", C: float = 1.0, pooling: str = "mean") -> Dict[str, Any]:
     """Per-layer accuracy of a linear probe of ``upstream`` on ``items`` = ``[(wav, label, group)]``.
 
     Returns ``{"accuracy": [per hidden state], "best_layer", "chance", "majority", "n_train", "n_test", ...}``.
     """
+    _check_pooling(pooling)
     if not items:
         raise UserInputError("the probe needs a non-empty list of (wav, label, group)")
     wavs, labels, groups = zip(*items)
-    feats = pooled_features(upstream, list(wavs), batch_size=batch_size, device=device)
+    feats = pooled_features(upstream, list(wavs), batch_size=batch_size, device=device, pooling=pooling)
     return probe_features(feats, labels, groups, test_fraction, seed, C)

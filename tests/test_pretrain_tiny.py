@@ -129,3 +129,52 @@ def test_cli_command_is_discovered():
     commands = discover_commands()
     assert "pretrain-tiny" in commands
     assert "tiny_hubert" in _summary(commands["pretrain-tiny"])
+
+
+@needs_espeak
+def test_second_iteration_targets_from_a_checkpoint(tmp_path):
+    """--targets-from: k-means on a model's hidden state, aligned with the clips, cached by checkpoint hash."""
+    import torch
+
+    from s3prl_redundancy.checkpoints import atomic_torch_save
+    from s3prl_redundancy.pretrain.data import load_or_build
+    from s3prl_redundancy.pretrain.model import build_model, hubert_local_checkpoint
+    from s3prl_redundancy.pretrain.targets import model_layer_features, num_frames
+    from s3prl_redundancy.pretrain.train import EXPORT, prepare_corpus, train
+
+    model, cfg = build_model(7, SMALL_MODEL, n_clusters=8)
+    src = atomic_torch_save(hubert_local_checkpoint(model, cfg, 8, half=False), tmp_path / "it1.pt")
+    data_dir = tmp_path / "data"
+    wavs, _ = load_or_build(_small_cfg().data, data_dir, log=lambda m: None)
+    feats = model_layer_features(src, wavs[:3], layer=1)
+    assert [f.shape for f in feats] == [(num_frames(len(w)), 64) for w in wavs[:3]]
+    with pytest.raises(ValueError, match="hidden states 0..2"):
+        model_layer_features(src, wavs[:1], layer=3)
+
+    res = train(_small_cfg(steps=4, targets_from=str(src), target_layer=1), tmp_path / "it2", data_dir=data_dir,
+                log=lambda m: None)
+    assert len(res["history"]) == 4 and all(np.isfinite(h["loss"]) for h in res["history"])
+    assert len(list(data_dir.glob("targets_*_it2_*_L1.npz"))) == 1
+    corpus = prepare_corpus(_small_cfg(targets_from=str(src), target_layer=1, targets_sha=res["targets_sha"]), data_dir)
+    assert all(len(l) == num_frames(len(w)) and l.max() < 8 for w, l in zip(corpus.train_wavs, corpus.train_labels))
+    meta = torch.load(tmp_path / "it2" / EXPORT, map_location="cpu", weights_only=True)["tiny_hubert"]
+    assert "hidden state 1" in meta["targets"]
+
+
+def test_cli_target_options_are_checked(tmp_path):
+    import argparse
+
+    from s3prl_redundancy.commands import pretrain_tiny
+
+    parser = argparse.ArgumentParser()
+    pretrain_tiny.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "o"), "--steps", "5", "--targets-from", str(tmp_path / "missing.pt")])
+    assert args.target_layer == 3 and args.clusters == 100
+    with pytest.raises(UserInputError, match="no such file"):
+        pretrain_tiny.run(args)
+    (tmp_path / "it1.pt").write_bytes(b"x")
+    args = parser.parse_args(["--out", str(tmp_path / "o"), "--steps", "5", "--targets-from", str(tmp_path / "it1.pt"), "--no-cmn"])
+    with pytest.raises(UserInputError, match="--no-cmn"):
+        pretrain_tiny.run(args)
+    with pytest.raises(UserInputError, match="--clusters"):
+        pretrain_tiny.run(parser.parse_args(["--out", str(tmp_path / "o"), "--steps", "5", "--clusters", "1"]))

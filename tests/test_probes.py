@@ -59,3 +59,30 @@ def test_group_split_keeps_groups_apart():
         group_split(["a"] * 5)
     with pytest.raises(UserInputError):
         linear_probe(ToyUpstream(), [])
+
+
+def test_statistics_pooling_keeps_the_spread_over_time():
+    """Labels carried only by the variance over time: invisible to mean pooling, found by mean+std."""
+    from s3prl_redundancy.probes import pooled_features
+
+    class Identity(torch.nn.Module):
+        def forward(self, wavs):
+            frames = max(len(w) for w in wavs) // 320
+            x = torch.stack([torch.nn.functional.pad(w, (0, frames * 320 - len(w)))[: frames * 320].view(frames, 320)[:, :4] for w in wavs])
+            return {"hidden_states": [x]}
+
+    rng = np.random.default_rng(3)
+    items = []
+    for g in range(10):
+        for k in range(12):
+            label = k % 2
+            wav = (rng.standard_normal(6400) * (0.1 if label == 0 else 1.0)).astype(np.float32)
+            items.append((wav, label, f"voice{g}"))
+    mean = linear_probe(Identity(), items, seed=0)
+    stats = linear_probe(Identity(), items, seed=0, pooling="mean+std")
+    assert mean["accuracy"][0] < 0.75 and stats["accuracy"][0] > 0.95
+    feats = pooled_features(Identity(), [w for w, _, _ in items[:3]], pooling="mean+std")
+    assert feats[0].shape == (3, 8)
+    assert np.allclose(feats[0][:, :4], pooled_features(Identity(), [w for w, _, _ in items[:3]])[0])
+    with pytest.raises(UserInputError, match="pooling"):
+        linear_probe(Identity(), items, pooling="max")

@@ -17,6 +17,9 @@ def add_arguments(parser):
     parser.add_argument("--sentences", type=int, default=1500, help="synthetic sentences (default 1500, plus --phrases short phrases)")
     parser.add_argument("--phrases", type=int, default=400, help="synthetic 1-3 word phrases (default 400)")
     parser.add_argument("--no-cmn", action="store_true", help="k-means on MFCCs without per-utterance mean removal (fairseq's dump_mfcc_feature.py); keeps more speaker information in the targets")
+    parser.add_argument("--clusters", type=int, default=100, help="k-means clusters K of the targets (default 100)")
+    parser.add_argument("--targets-from", metavar="CKPT", help="HuBERT's second iteration: k-means targets from a hidden state of this hubert_local checkpoint (e.g. an earlier pretrain-tiny run) instead of MFCCs")
+    parser.add_argument("--target-layer", type=int, default=3, help="with --targets-from: the hidden state to cluster (0 = transformer input, 6 = last layer; default 3)")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100; also every 5 minutes)")
     parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total; the learning-rate schedule still spans --steps, and --resume continues exactly (train in stages)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state.pt")
@@ -69,10 +72,23 @@ def run(args) -> int:
         raise UserInputError(f"--steps must be positive, got {args.steps}")
     if args.stop_after is not None and args.stop_after < 1:
         raise UserInputError(f"--stop-after must be positive, got {args.stop_after}")
+    if args.clusters < 2:
+        raise UserInputError(f"--clusters must be at least 2, got {args.clusters}")
     if args.minutes is not None and args.minutes <= 0:
         raise UserInputError(f"--minutes must be positive, got {args.minutes}")
+    targets_sha = None
+    if args.targets_from is not None:
+        import hashlib
+
+        src = Path(args.targets_from)
+        if not src.is_file():
+            raise UserInputError(f"--targets-from: no such file: {src}")
+        if args.no_cmn:
+            raise UserInputError("--no-cmn applies to MFCC targets; it cannot be combined with --targets-from")
+        targets_sha = hashlib.sha256(src.read_bytes()).hexdigest()
     cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
-                      checkpoint_every=args.checkpoint_every, mfcc_cmn=not args.no_cmn,
+                      checkpoint_every=args.checkpoint_every, mfcc_cmn=not args.no_cmn, n_clusters=args.clusters,
+                      targets_from=args.targets_from, target_layer=args.target_layer, targets_sha=targets_sha,
                       data=DataConfig(seed=args.seed, n_sentences=args.sentences, n_phrases=args.phrases))
     result = train(cfg, args.out, data_dir=args.data_dir, device=args.device, resume=args.resume, force=args.force,
                    stop_after=args.stop_after, log=lambda m: print(m, flush=True))

@@ -2,7 +2,9 @@
 
 - keyword probe: the 10 command words x held-out voices (1 s clips), test voices unseen by the probe;
 - speaker probe: held-out voices as speakers, test sentences unseen by the probe;
-- both per hidden state (:mod:`s3prl_redundancy.probes`), plus a pooled-MFCC (mean + std) baseline;
+- both per hidden state (:mod:`s3prl_redundancy.probes`) with two poolings over time, ``mean`` (the
+  probe's default) and ``mean+std`` (statistics pooling, the x-vector standard for speaker ID), the same
+  for the trained and the random model; plus a pooled-MFCC (mean + std) baseline;
 - layer-by-layer linear CKA on held-out frames (float64, closed form), trained and random, and the
   CKA of each layer of the trained model with the same layer of the random one.
 
@@ -111,9 +113,12 @@ def evaluate(ckpt: str, ks_voices: int = 40, sid_speakers: int = 24, sid_sentenc
     for name, up in models.items():
         for task, items in (("ks", ks), ("sid", sid)):
             wavs, labels, groups = zip(*items)
-            feats = pooled_features(up, list(wavs))
-            result[task][name] = probe_features(feats, labels, groups, test_fraction=0.3, seed=seed)
-            log(f"{task} {name}: " + " ".join(f"{a:.3f}" for a in result[task][name]["accuracy"]))
+            stats = pooled_features(up, list(wavs), pooling="mean+std")  # [mean, std]: the mean is the first half
+            mean = [f[:, : f.shape[1] // 2] for f in stats]
+            result[task][name] = probe_features(mean, labels, groups, test_fraction=0.3, seed=seed)
+            result[task][name + "_meanstd"] = probe_features(stats, labels, groups, test_fraction=0.3, seed=seed)
+            for key in (name, name + "_meanstd"):
+                log(f"{task} {key}: " + " ".join(f"{a:.3f}" for a in result[task][key]["accuracy"]))
         layer_frames[name] = frames_of(up, [w for w, _, _ in sid[::3]], seed=seed)
         m = cka_matrix(layer_frames[name])
         result["cka"][name] = {"matrix": m.round(4).tolist(), **block_summary(m)}

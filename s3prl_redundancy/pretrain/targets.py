@@ -1,4 +1,5 @@
-"""HuBERT iteration-1 targets: k-means clusters of 39-dim MFCC frames at 50 Hz.
+"""HuBERT targets: k-means clusters of 39-dim MFCC frames at 50 Hz (iteration 1), or of a trained
+model's hidden states (iteration 2, :func:`model_layer_features`).
 
 MFCC: Kaldi-compatible (``torchaudio.compliance.kaldi.mfcc``), 13 coefficients, 25 ms window, 20 ms
 shift, ``snip_edges=True``, plus first and second deltas, mean removed per utterance. With a 400-sample
@@ -81,3 +82,28 @@ def assign_with_centres(feats: np.ndarray, centres: np.ndarray) -> np.ndarray:
     c = centres.astype(np.float64)
     d = (f**2).sum(1, keepdims=True) - 2 * f @ c.T + (c**2).sum(1)[None, :]
     return d.argmin(1).astype(np.int16)
+
+
+def model_layer_features(ckpt, wavs: Sequence[np.ndarray], layer: int, log=None) -> List[np.ndarray]:
+    """HuBERT's second iteration: per utterance, the ``(frames, D)`` hidden state ``layer`` (0 = the
+    transformer input, ``n`` = the last layer after the final norm) of the ``hubert_local`` checkpoint
+    ``ckpt`` through s3prl's HuBERT expert, one utterance at a time (no padding), float32.
+    The frames are the conv frames, so they align with :func:`num_frames` like the MFCCs."""
+    import torch
+    from s3prl.upstream.hubert.expert import UpstreamExpert
+
+    up = UpstreamExpert(str(ckpt)).eval()
+    out: List[np.ndarray] = []
+    with torch.no_grad():
+        for k, w in enumerate(wavs):
+            hs = up([torch.as_tensor(np.asarray(w, np.float32))])["hidden_states"]
+            if not 0 <= layer < len(hs):
+                raise ValueError(f"--target-layer {layer}: the model has hidden states 0..{len(hs) - 1}")
+            h = hs[layer][0].float().numpy()
+            n = num_frames(len(w))
+            if len(h) < n:
+                raise RuntimeError(f"the model gave {len(h)} frames for a {len(w)}-sample clip, expected {n}")
+            out.append(np.ascontiguousarray(h[:n], dtype=np.float32))
+            if log is not None and (k + 1) % 500 == 0:
+                log(f"  features of {k + 1}/{len(wavs)} clips")
+    return out

@@ -46,6 +46,11 @@ class TrainConfig:
     clip_norm: float = 10.0
     n_clusters: int = M.N_CLUSTERS
     mfcc_cmn: bool = True  # remove the per-utterance mean of the MFCCs before k-means
+    # HuBERT iteration 2: k-means on hidden state `target_layer` of this checkpoint instead of MFCCs;
+    # `targets_sha` is the sha256 of its bytes (part of the run identity and of the targets' cache name)
+    targets_from: Optional[str] = None
+    target_layer: int = 3
+    targets_sha: Optional[str] = None
     checkpoint_every: int = 100
     eval_every: int = 250
     log_every: int = 25
@@ -55,7 +60,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields a resumed run must share with the original one."""
         d = asdict(self)
-        for k in ("steps", "minutes", "checkpoint_every", "eval_every", "log_every"):
+        for k in ("steps", "minutes", "checkpoint_every", "eval_every", "log_every", "targets_from"):
             d.pop(k)
         return d
 
@@ -103,7 +108,11 @@ def prepare_corpus(cfg: TrainConfig, data_dir, log=print) -> Corpus:
     """Synthesise (or load) the speech and compute (or load) its k-means targets, cached in ``data_dir``."""
     data_dir = Path(data_dir)
     wavs, meta = load_or_build(cfg.data, data_dir, log=log)
-    tpath = data_dir / f"targets_{cfg.data.key()}_k{cfg.n_clusters}_s{cfg.seed}{'' if cfg.mfcc_cmn else '_nocmn'}.npz"
+    if cfg.targets_from is not None:
+        kind = f"_it2_{cfg.targets_sha[:16]}_L{cfg.target_layer}"
+    else:
+        kind = "" if cfg.mfcc_cmn else "_nocmn"
+    tpath = data_dir / f"targets_{cfg.data.key()}_k{cfg.n_clusters}_s{cfg.seed}{kind}.npz"
     if tpath.exists():
         with np.load(tpath, allow_pickle=False) as z:
             flat, offsets = z["labels"], z["offsets"]
@@ -112,10 +121,17 @@ def prepare_corpus(cfg: TrainConfig, data_dir, log=print) -> Corpus:
         t0 = time.time()
         # k-means is fitted on the training clips only; validation clips are labelled with the same centres
         n_train = len(wavs) - min(N_VALIDATION, len(wavs) // 4)
-        train_labels, centres = build_targets(wavs[:n_train], cfg.n_clusters, cfg.seed, cmn=cfg.mfcc_cmn)
-        from .targets import assign_with_centres, mfcc39
+        from .targets import assign, assign_with_centres, fit_kmeans, mfcc39, model_layer_features
 
-        labels = train_labels + [assign_with_centres(mfcc39(w, cmn=cfg.mfcc_cmn), centres) for w in wavs[n_train:]]
+        if cfg.targets_from is not None:
+            log(f"HuBERT iteration 2: hidden state {cfg.target_layer} of {cfg.targets_from} on {len(wavs)} clips")
+            feats = model_layer_features(cfg.targets_from, wavs, cfg.target_layer, log=log)
+            km = fit_kmeans(feats[:n_train], cfg.n_clusters, cfg.seed)
+            labels = [assign(km, f) for f in feats]
+            centres = km.cluster_centers_.astype(np.float32)
+        else:
+            train_labels, centres = build_targets(wavs[:n_train], cfg.n_clusters, cfg.seed, cmn=cfg.mfcc_cmn)
+            labels = train_labels + [assign_with_centres(mfcc39(w, cmn=cfg.mfcc_cmn), centres) for w in wavs[n_train:]]
         offsets = np.cumsum([0] + [len(l) for l in labels]).astype(np.int64)
         tmp = tpath.with_name(f".{tpath.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
@@ -219,6 +235,13 @@ def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: boo
         raise UserInputError(f"--resume: no {STATE} in {out}; run without --resume to start a new run")
     if cfg.steps is None and cfg.minutes is None and not resume:
         raise UserInputError("give --steps N or --minutes M")
+    if cfg.targets_from is not None and cfg.targets_sha is None:
+        import dataclasses
+        import hashlib
+
+        if not Path(cfg.targets_from).is_file():
+            raise UserInputError(f"--targets-from: no such file: {cfg.targets_from}")
+        cfg = dataclasses.replace(cfg, targets_sha=hashlib.sha256(Path(cfg.targets_from).read_bytes()).hexdigest())
     out.mkdir(parents=True, exist_ok=True)
     dev, autocast_dtype = _device_setup(device)
     corpus = prepare_corpus(cfg, data_dir if data_dir is not None else out / "data", log=log)
@@ -262,7 +285,9 @@ def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: boo
         extra = {"steps": step, "total_steps": total, "seed": cfg.seed, "train_seconds": round(elapsed, 1),
                  "device": dev.type, "parameters": n_params, "data_key": cfg.data.key(),
                  "val_acc_masked": last_eval.get("val_acc_masked"), "eval_step": last_eval.get("step"),
-                 "n_clusters": cfg.n_clusters}
+                 "n_clusters": cfg.n_clusters,
+                 "targets": (f"k-means of hidden state {cfg.target_layer} of a model (sha256 {cfg.targets_sha[:16]})"
+                             if cfg.targets_from else f"k-means of MFCC{'' if cfg.mfcc_cmn else ' (no mean removal)'}")}
         atomic_torch_save(M.hubert_local_checkpoint(model, model_cfg, cfg.n_clusters, half=True, extra=extra), out / EXPORT)
         _write_json(out / HISTORY, {"total_steps": total, "step": step, "seconds": elapsed, "parameters": n_params,
                                     "history": history, "evals": evals})
@@ -298,4 +323,4 @@ def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: boo
     if start >= end:
         save(start)
     return {"step": end, "total_steps": total, "seconds": elapsed, "history": history, "evals": evals,
-            "parameters": n_params, "state": str(state_path), "checkpoint": str(out / EXPORT)}
+            "parameters": n_params, "state": str(state_path), "checkpoint": str(out / EXPORT), "targets_sha": cfg.targets_sha}

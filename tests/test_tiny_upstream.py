@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -80,3 +81,28 @@ def test_shipped_weights_differ_from_random_init():
     init = model.state_dict()
     key = "encoder.layers.0.fc1.weight"
     assert not torch.allclose(init[key], ckpt["model_weight"][key].float(), atol=1e-2)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is needed to synthesise speech")
+def test_trained_model_layer_similarity_is_not_uniform():
+    """Issue 7's check on the shipped model: its CKA heatmap over speech has structure (not one flat block).
+
+    "Not uniform" is read as: the off-diagonal CKA values spread over more than 0.05, and the exact block
+    segmentation (threshold = mean off-diagonal similarity) finds more than one block."""
+    import numpy as np
+    import s3prl.hub as hub
+
+    from s3prl_redundancy.similarity.analysis import analyze
+    from s3prl_redundancy.similarity.blocks import find_blocks
+    from s3prl_redundancy.superb.tts import Voice, synthesize
+
+    sentences = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
+                 "a large number of people came home early", "please give me the small red book again"]
+    voices = [Voice("en-us", "m3", pitch=40), Voice("en-gb", "f2", pitch=70), Voice("en-us", "m6", pitch=55),
+              Voice("en-gb-scotland", "f4", pitch=60)]
+    data = [(f"u{i}", torch.from_numpy(synthesize(s, v))) for i, (s, v) in enumerate(zip(sentences, voices))]
+    report = analyze(hub.tiny_hubert().eval(), data, metrics=("cka",), batch_size=4, progress=False, plugin_manager=False)
+    cka = np.asarray(report.metrics["cka"])
+    off = cka[~np.eye(len(cka), dtype=bool)]
+    assert off.max() - off.min() > 0.05, cka
+    assert len(find_blocks(cka).blocks) > 1, cka

@@ -2,7 +2,8 @@
 # Issue 7's check, reproducible: does removing 40% of tiny_hubert's layers (2 of 6, no post-training) keep >= 90% of
 # its keyword-spotting accuracy? On the mini-SUPERB "small" corpus (`make ks-check` runs this script):
 #   1. `s3prl-redundancy sweep`: every strategy, 0..3 layers removed, KS accuracy of a linear probe (mean-pooled
-#      hidden states) on a held-out part of the KS *train* split (11 classes: 10 commands + unknown)
+#      hidden states) on a held-out part of the KS *train* split (11 classes: 10 commands + unknown; the
+#      data-driven strategies score layers on the same clips)
 #      -> $OUT/sweep/sweep.csv, sweep.png
 #   2. the original and the sweep's best strategy at 40% (plus `backward`, the simplest baseline) through s3prl's
 #      real run_downstream with SUPERB's KS recipe (official optimizer, model, batch 32; only the number of steps
@@ -20,22 +21,26 @@ STRATEGIES=backward,forward,block-influence,similarity-blocks,convexity
 mkdir -p "$OUT"
 [ -f "$OUT/corpus/corpus.json" ] || "$CLI" corpus --out "$OUT/corpus" --size small --quiet
 KS_TRAIN="$OUT/corpus/speech_commands_v0.01"
-if [ ! -f "$OUT/ks_labels.csv" ]; then  # SUPERB's KS classes: the 10 commands, every other word is _unknown_
-  "$BIN/python" - "$KS_TRAIN" "$OUT/ks_labels.csv" <<'PY'
-import csv, sys
+KS_CLASSES="$OUT/ks_train_classes"
+if [ ! -d "$KS_CLASSES" ]; then  # SUPERB's KS classes: the 10 commands, every other word is _unknown_ (links, no copies)
+  "$BIN/python" - "$KS_TRAIN" "$KS_CLASSES" <<'PY'
+import os, sys
 from pathlib import Path
 commands = {"yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"}
-root, rows = Path(sys.argv[1]), []
+root, out, count = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), 0
 for wav in sorted(root.glob("*/*.wav")):
-    if wav.parent.name != "_background_noise_":
-        rows.append((str(wav), wav.parent.name if wav.parent.name in commands else "_unknown_"))
-with open(sys.argv[2], "w", newline="") as f:
-    csv.writer(f).writerows([("path", "label"), *rows])
-print(f"{len(rows)} labelled KS training clips")
+    word = wav.parent.name
+    if word == "_background_noise_":
+        continue
+    label = word if word in commands else "_unknown_"
+    (out / label).mkdir(parents=True, exist_ok=True)
+    os.symlink(wav, out / label / f"{word}__{wav.name}")
+    count += 1
+print(f"{count} KS training clips in {len(list(out.iterdir()))} classes")
 PY
 fi
-[ -f "$OUT/sweep/sweep.csv" ] || "$CLI" sweep --upstream tiny_hubert --strategies "$STRATEGIES" --data "$KS_TRAIN" \
-  --labels "$OUT/ks_labels.csv" --max-drop 3 --out "$OUT/sweep" --progress
+[ -f "$OUT/sweep/sweep.csv" ] || "$CLI" sweep --upstream tiny_hubert --strategies "$STRATEGIES" --data "$KS_CLASSES" \
+  --max-drop 3 --out "$OUT/sweep" --progress
 
 BEST=$("$BIN/python" - "$OUT/sweep/sweep.csv" <<'PY'
 import sys
@@ -53,7 +58,7 @@ for strategy in $(printf '%s\n' backward "$BEST" | sort -u); do
   name="pruned_${strategy//-/_}"
   if [ ! -f "$OUT/$name/manifest.json" ]; then
     extra=()
-    [ "$strategy" = backward ] || [ "$strategy" = forward ] || extra=(--data "$KS_TRAIN")
+    [ "$strategy" = backward ] || [ "$strategy" = forward ] || extra=(--data "$KS_CLASSES")
     "$CLI" prune --upstream tiny_hubert --strategy "$strategy" --ratio 0.4 --out "$OUT/$name" "${extra[@]}"
   fi
   labels="$labels,$name=pruned_hubert"

@@ -435,12 +435,19 @@ def plot_pareto(board: Leaderboard, path: PathLike) -> Path:
                                (axes[1], "params_total", "parameters")):
         xs, ys = list(df[column].astype(float)), list(df["capacity_avg"].astype(float))
         front = pareto_front(xs, ys)
+        finite = [(x, y) for x, y in zip(xs, ys) if not (_isnan(x) or _isnan(y))]
+        span_x = (max(p[0] for p in finite) - min(p[0] for p in finite)) or 1.0 if finite else 1.0
+        span_y = (max(p[1] for p in finite) - min(p[1] for p in finite)) or 1.0 if finite else 1.0
+        labelled = []
         for x, y, label, on in zip(xs, ys, df["upstream"], front):
             if _isnan(x) or _isnan(y):
                 continue
             ax.scatter([x], [y], s=80 if on else 30, color="C3" if on else "C0", zorder=3,
                        edgecolors="black" if label == board.reference else "none")
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            # a point close to an already labelled one (labels run ~25% of the x span) gets its label stacked below
+            near = sum(abs(x - lx) < 0.25 * span_x and abs(y - ly) < 0.04 * span_y for lx, ly in labelled)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5 - 11 * near), fontsize=8)
+            labelled.append((x, y))
         pts = sorted((x, y) for x, y, on in zip(xs, ys, front) if on)
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C3", linestyle="--", zorder=2, label="Pareto front")

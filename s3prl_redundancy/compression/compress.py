@@ -10,11 +10,13 @@ runs in memory; nothing is written until :func:`write_output`, which writes ``pr
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from ..errors import UserInputError
 from ..families import FAMILIES
@@ -272,16 +274,26 @@ def compress(
 # --------------------------------------------------------------------------------------
 def measure_costs(before: Mapping[str, Any], after: Mapping[str, Any], seconds: float = 10.0, latency: bool = True,
                   latency_seconds: float = 10.0, repeats: int = 3) -> Dict[str, Any]:
-    from .cost import model_cost
+    """Parameters, MACs and (``latency``) latency before and after compression; the two models are timed side by
+    side (taking turns in every round), so the latency ratio is the median of per-round ratios."""
+    from .cost import model_cost, reference_waveform, time_rounds
+    from .structure import make_upstream
 
-    b = model_cost(before, seconds, latency, latency_seconds, repeats)
-    a = model_cost(after, seconds, latency, latency_seconds, repeats)
+    models = {"before": make_upstream(before), "after": make_upstream(after)}
+    b = model_cost(before, seconds, latency=False, upstream=models["before"])
+    a = model_cost(after, seconds, latency=False, upstream=models["after"])
     out = {"before": b, "after": a,
            "ratios": {"parameters": a["parameters"]["inference"] / b["parameters"]["inference"],
                       "nonzero_parameters": a["parameters"]["nonzero"] / b["parameters"]["nonzero"],
                       "macs": a["macs"]["value"] / b["macs"]["value"]}}
     if latency:
-        out["ratios"]["latency"] = a["latency"]["median_s"] / b["latency"]["median_s"]
+        wav = reference_waveform(latency_seconds)
+        times = time_rounds({name: (lambda m=m: m([wav])) for name, m in models.items()}, repeats=max(1, repeats))
+        for name, cost in (("before", b), ("after", a)):
+            cost["latency"] = {"median_s": statistics.median(times[name]), "min_s": min(times[name]),
+                               "repeats": len(times[name]), "audio_seconds": latency_seconds,
+                               "threads": torch.get_num_threads()}
+        out["ratios"]["latency"] = statistics.median(x / y for x, y in zip(times["after"], times["before"]))
     return out
 
 

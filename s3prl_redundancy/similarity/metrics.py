@@ -13,9 +13,10 @@ Every metric follows the same torchmetrics-like life cycle::
 All statistics are accumulated in float64 on the device of the first input, whatever
 the input dtype (float32, bfloat16, ...).  Per-batch products are computed in the inputs'
 precision (float64 inputs: float64; float32 and narrower: float32, the precision the hidden
-states have anyway) and summed into the float64 state; see :func:`product_dtype`.  ``merge`` combines two instances as if one had
-seen both streams, ``sync`` does the same across ``torch.distributed`` ranks, and
-``state_dict`` / ``load_state_dict`` let a long run checkpoint and resume.
+states have anyway) and summed into the float64 state; see :func:`product_dtype`.
+``merge`` combines two instances as if one had seen both streams, ``sync`` does the same
+across ``torch.distributed`` ranks, and ``state_dict`` / ``load_state_dict`` let a long run
+checkpoint and resume.
 
 The metrics (see ``docs/similarity.md`` for the definitions):
 
@@ -393,7 +394,7 @@ def _raise_non_finite(bad: Sequence[int]) -> None:
     raise ValueError(f"non-finite values (NaN/inf) in layer(s) {list(bad)}; the batch was not added")
 
 
-def _unit_rows(layers: Sequence[torch.Tensor], products: str = "auto") -> List[torch.Tensor]:
+def _unit_rows(layers: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """Rows scaled to unit L2 norm in ``product_dtype`` (all-zero rows stay zero).
 
     Raises ``ValueError`` (before any state changes) if a layer has NaN/inf values: they
@@ -401,7 +402,7 @@ def _unit_rows(layers: Sequence[torch.Tensor], products: str = "auto") -> List[t
     """
     rows, bad = [], []
     for i, h in enumerate(layers):
-        x = h.to(product_dtype(h.dtype, products))
+        x = h.to(product_dtype(h.dtype))
         norms = torch.linalg.vector_norm(x, dim=1)
         if not bool(torch.isfinite(norms.sum())):
             bad.append(i)
@@ -703,7 +704,7 @@ class _LinearKernelStatistics(LayerSimilarityMetric):
     def _export_state(self) -> Dict[str, torch.Tensor]:
         out = super()._export_state()
         if self._pending:
-            out["pending"] = torch.cat(self._pending).clone()
+            out["pending"] = torch.cat(self._pending)  # a new tensor
         return out
 
     def _import_state(self, tensors: Dict[str, torch.Tensor]) -> None:

@@ -78,10 +78,15 @@ def build_blocks(out: Path, plan_log: Sequence[Dict], upstream: str) -> List[Blo
     distilled = out / "distilled" / "report.json"
     if distilled.is_file():
         r = json.loads(distilled.read_text())
-        blocks += [("h2", "3. Distillation into mimicking layers")]
-        rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)] for k, v in _flatten(r).items()
-                if not k.startswith("layers")][:24]
-        blocks.append(("table", ["quantity", "value"], rows))
+        arch = r.get("architecture", {})
+        blocks += [("h2", "3. Distillation into mimicking layers"),
+                   ("p", f"The {len(r.get('targets', []))} transformer layers replaced by `{arch.get('arch')}` mimickers "
+                         f"(hidden size {arch.get('hidden')}); the CNN front end is the teacher's, frozen.")]
+        blocks.append(("table", ["cost", "teacher stack", "mimickers", "ratio", "whole upstream ratio"], _distill_cost_rows(r)))
+        layers = r.get("mimicking_error", {}).get("layers", [])
+        if layers:
+            blocks.append(("table", ["hidden state", "CKA to the teacher's", "CKA of the stack's input (doing nothing)", "MSE"],
+                           [[str(e["layer"]), f"{e['cka']:.3f}", f"{e['input_cka']:.3f}", f"{e['mse']:.3g}"] for e in layers]))
         for png in sorted((out / "distilled").glob("*.png")):
             blocks.append(("img", png, png.stem.replace("_", " ")))
     board = out / "superb" / "leaderboard.csv"
@@ -98,15 +103,18 @@ def build_blocks(out: Path, plan_log: Sequence[Dict], upstream: str) -> List[Blo
     return blocks
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _distill_cost_rows(r):
+    """Parameters, MACs and latency of the replaced stack against the teacher's, from the distill report."""
+    params, macs, lat = r.get("parameters", {}), r.get("macs_per_second_of_audio", {}), r.get("latency_seconds", {})
+    rows = [["parameters", f"{params.get('teacher_stack', 0):,}", f"{params.get('student_replaced', 0):,}",
+             f"{params.get('ratio_replaced_to_stack', float('nan')):.3f}", f"{params.get('ratio_upstream', float('nan')):.3f}"],
+            ["MACs per second of audio", f"{macs.get('teacher_stack', 0):,.0f}", f"{macs.get('student_stack', 0):,.0f}",
+             f"{macs.get('ratio_stack', float('nan')):.3f}", f"{macs.get('ratio_upstream', float('nan')):.3f}"]]
+    if lat:
+        rows.append([f"latency on {lat.get('audio_seconds')} s of audio ({lat.get('device')}, {lat.get('threads')} threads)",
+                     f"{lat.get('teacher_stack', 0) * 1000:.1f} ms", f"{lat.get('student_stack', 0) * 1000:.1f} ms",
+                     f"{lat.get('ratio_stack', float('nan')):.3f}", f"{lat.get('ratio_upstream', float('nan')):.3f}"])
+    return rows
 
 
 def render_markdown(blocks: Sequence[Block], base: Path) -> str:

@@ -9,29 +9,26 @@ from s3prl_redundancy.tfevents import read_dir_scalars
 
 
 def _train_then_evaluate(launcher, entry, ckpt, workdir, evaluate=True):
-    """Train s3prl's example task for 4 steps through ``launcher``; with ``evaluate``, also validate on dev during
-    training and test the dev-best checkpoint with ``-m evaluate``.
+    """Train s3prl's example task for 4 steps through ``launcher``; with ``evaluate``, test the saved checkpoint
+    with ``-m evaluate`` too.
 
     The example task's dev and test splits are 100 batches of 5-20 s random audio each (s3prl's constants), so
-    every evaluation forwards ~40 minutes of audio: only the first launcher pays for them. The others train
-    with evaluation switched off (``-o config.runner.eval_step=...``) and check the saved training state;
-    ``-m evaluate`` resolves the upstream exactly like ``-m train``."""
+    every evaluation forwards ~40 minutes of audio: training runs with validation switched off
+    (``-o config.runner.eval_step=...``), and only the first launcher pays for one test pass (``-m evaluate``
+    resolves the upstream like ``-m train``; dev-best selection and the test phase of every SUPERB task are
+    covered by ``test_superb_e2e``)."""
     (workdir / "keep.yaml").write_text("keep_layers: [0, 2]\n")
     train = launcher + ["-m", "train", "-u", entry, "-k", str(ckpt), "-g", "keep.yaml", "-d", "example",
-                        "-c", str(RECIPES / "example_smoke.yaml"), "-p", "exp", "--device", "cpu"]
-    if not evaluate:
-        train += ["-o", "config.runner.eval_step=1000"]
+                        "-c", str(RECIPES / "example_smoke.yaml"), "-p", "exp", "--device", "cpu",
+                        "-o", "config.runner.eval_step=1000"]
     out = run_python(train, cwd=workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Take a list of 3 features" in out.stdout + out.stderr  # 2 kept layers + transformer input
     assert (workdir / "exp" / "states-4.ckpt").is_file()
+    assert read_dir_scalars(workdir / "exp")["example/train-acc"]  # s3prl logged the training steps
     if not evaluate:
-        assert not (workdir / "exp" / "dev-best.ckpt").exists()
         return
-    scalars = read_dir_scalars(workdir / "exp")
-    assert [step for step, _ in scalars["example/dev-acc"]] == [4]
-    assert (workdir / "exp" / "dev-best.ckpt").is_file()
-    ev = run_python(launcher + ["-m", "evaluate", "-e", "exp/dev-best.ckpt", "--device", "cpu"], cwd=workdir)
+    ev = run_python(launcher + ["-m", "evaluate", "-e", "exp/states-4.ckpt", "--device", "cpu"], cwd=workdir)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert "Loading Downstream weights from the previous experiment" in ev.stdout + ev.stderr
 

@@ -5,6 +5,7 @@ finished stages and an interrupted run continues where it stopped."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,7 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
     upstream_args += ["--upstream-args", f"distilled:k={paths['distilled'] / 'student.pt'}"]
     superb = ["superb", "--upstreams", ",".join(labels), "--tasks", ",".join(plan.tasks), "--data-root", str(corpus),
               "--out", str(paths["superb"]), "--profile", "smoke", "--device", plan.device, "--threads", "1",
+              "--jobs", str(min(2, os.cpu_count() or 1)),  # one single-threaded s3prl process per core
               "--er-folds", "1", "--reference", "original", *upstream_args]
     if plan.quick:
         superb += ["--recipe-override", "runner.total_steps=6", "--recipe-override", "runner.eval_step=3",

@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only --benchmark-json=docs/benchmarks.json; \
 	status=$$?; $(BIN)/python benchmarks/render_performance.py docs/benchmarks.json docs/performance.md && exit $$status
 
-# issue 7's check: KS accuracy kept by 40% layer pruning of tiny_hubert (sweep + s3prl run_downstream; ~30 min on 2 cores)
+# issue 7's check: KS accuracy kept by 40% layer pruning of tiny_hubert (sweep + s3prl run_downstream; ~25 min on 2 cores)
 ks-check: $(STAMP)
 	BIN=$(BIN) tools/ks_capacity_check.sh runs/ks_check
 

@@ -33,3 +33,14 @@ def run_python(code_or_args, cwd, env=None, timeout=300):
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Two shared cores: one intra-op thread per process is faster and steadier for tiny models."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,12 +21,7 @@ from s3prl_redundancy.families import FAMILIES
 from s3prl_redundancy.testing import build_checkpoint, random_wavs
 
 FAMS = ("hubert", "wav2vec2", "wavlm")
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 # lengths: one full, one ending mid-frame, one short, one a sample longer than the first

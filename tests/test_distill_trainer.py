@@ -21,13 +21,7 @@ from s3prl_redundancy.distill.synthetic_audio import write_tone_corpus
 from s3prl_redundancy.distill.trainer import DistillConfig, Trainer, TrainingDivergedError, distill, masked_losses
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread per process is faster and steadier for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 @pytest.fixture(scope="module")

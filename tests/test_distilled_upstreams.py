@@ -15,12 +15,7 @@ FAMS = ("hubert", "wav2vec2", "wavlm")
 LENGTHS = (16000, 12345, 7001)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 def _save(family, teacher_ckpt, path, arch="mlp", targets=None, seed=1):

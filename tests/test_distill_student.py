@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from s3prl_redundancy.checkpoints import checkpoint_buffer
 from s3prl_redundancy.distill.front_end import FrontEnd
-from s3prl_redundancy.distill.mimickers import MimickerConfig, build_mimicker, count_parameters
+from s3prl_redundancy.compression.cost import count_module_parameters as count_parameters
+from s3prl_redundancy.distill.mimickers import MimickerConfig, build_mimicker
 from s3prl_redundancy.distill.report import LayerError, linear_cka, macs
 from s3prl_redundancy.distill.student import Student, load_student, parse_targets, save_student, teacher_configs
 from s3prl_redundancy.distill.teacher import TeacherStack

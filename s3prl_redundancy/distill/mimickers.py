@@ -160,7 +160,3 @@ _CLASSES = {"mlp": MLPMimicker, "linear": LinearMimicker, "transformer": Transfo
 
 def build_mimicker(cfg: MimickerConfig) -> nn.Module:
     return _CLASSES[cfg.arch](cfg)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))

@@ -76,19 +76,11 @@ def run(args) -> int:
         raise UserInputError(f"--clusters must be at least 2, got {args.clusters}")
     if args.minutes is not None and args.minutes <= 0:
         raise UserInputError(f"--minutes must be positive, got {args.minutes}")
-    targets_sha = None
-    if args.targets_from is not None:
-        import hashlib
-
-        src = Path(args.targets_from)
-        if not src.is_file():
-            raise UserInputError(f"--targets-from: no such file: {src}")
-        if args.no_cmn:
-            raise UserInputError("--no-cmn applies to MFCC targets; it cannot be combined with --targets-from")
-        targets_sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    if args.targets_from is not None and args.no_cmn:  # train() checks the file and hashes it
+        raise UserInputError("--no-cmn applies to MFCC targets; it cannot be combined with --targets-from")
     cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
                       checkpoint_every=args.checkpoint_every, mfcc_cmn=not args.no_cmn, n_clusters=args.clusters,
-                      targets_from=args.targets_from, target_layer=args.target_layer, targets_sha=targets_sha,
+                      targets_from=args.targets_from, target_layer=args.target_layer,
                       data=DataConfig(seed=args.seed, n_sentences=args.sentences, n_phrases=args.phrases))
     result = train(cfg, args.out, data_dir=args.data_dir, device=args.device, resume=args.resume, force=args.force,
                    stop_after=args.stop_after, log=lambda m: print(m, flush=True))

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ..errors import UserInputError
 from ..families import FAMILIES
@@ -276,7 +275,7 @@ def measure_costs(before: Mapping[str, Any], after: Mapping[str, Any], seconds: 
                   latency_seconds: float = 10.0, repeats: int = 3) -> Dict[str, Any]:
     """Parameters, MACs and (``latency``) latency before and after compression; the two models are timed side by
     side (taking turns in every round), so the latency ratio is the median of per-round ratios."""
-    from .cost import model_cost, reference_waveform, time_rounds
+    from .cost import latency_summary, model_cost, reference_waveform, time_rounds
     from .structure import make_upstream
 
     models = {"before": make_upstream(before), "after": make_upstream(after)}
@@ -290,9 +289,7 @@ def measure_costs(before: Mapping[str, Any], after: Mapping[str, Any], seconds: 
         wav = reference_waveform(latency_seconds)
         times = time_rounds({name: (lambda m=m: m([wav])) for name, m in models.items()}, repeats=max(1, repeats))
         for name, cost in (("before", b), ("after", a)):
-            cost["latency"] = {"median_s": statistics.median(times[name]), "min_s": min(times[name]),
-                               "repeats": len(times[name]), "audio_seconds": latency_seconds,
-                               "threads": torch.get_num_threads()}
+            cost["latency"] = latency_summary(times[name], latency_seconds)
         out["ratios"]["latency"] = statistics.median(x / y for x, y in zip(times["after"], times["before"]))
     return out
 

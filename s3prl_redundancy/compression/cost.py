@@ -144,9 +144,14 @@ def model_cost(ckpt: Mapping[str, Any], seconds: float = 1.0, latency: bool = Tr
     if latency:
         wav = reference_waveform(latency_seconds)
         times = time_rounds({"upstream": lambda: upstream([wav])}, repeats=max(1, repeats))["upstream"]
-        out["latency"] = {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
-                          "audio_seconds": latency_seconds, "threads": torch.get_num_threads()}
+        out["latency"] = latency_summary(times, latency_seconds)
     return out
+
+
+def latency_summary(times: Sequence[float], audio_seconds: float) -> Dict[str, Any]:
+    """The ``latency`` record of a cost report from the per-round times of one model."""
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
+            "audio_seconds": audio_seconds, "threads": torch.get_num_threads()}
 
 
 class LayerCostModel:

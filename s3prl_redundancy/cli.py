@@ -1,7 +1,9 @@
 """``s3prl-redundancy``: one subcommand per module of ``s3prl_redundancy/commands/``.
 
-Each command module keeps heavy imports inside its functions, has a one-line docstring (its help), and exposes ``add_arguments(parser)`` and ``run(args) -> int``. Bad input
-(:class:`~s3prl_redundancy.errors.UserInputError`) prints one message and exits with status 2.
+Each command module keeps heavy imports inside its functions, has a one-line docstring (its help), and exposes
+``add_arguments(parser)`` and ``run(args) -> int``, and optionally ``FLAGS`` (``{python argument: flag}`` where
+the flag is not ``--name-with-dashes``). Bad input (:class:`~s3prl_redundancy.errors.UserInputError`) prints
+one message in flag names and exits with status 2.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except UserInputError as e:
-        print(f"s3prl-redundancy {name}: error: {e}", file=sys.stderr)
+    except UserInputError as e:  # the library names Python arguments; FLAGS maps them to this command's flags
+        print(f"s3prl-redundancy {name}: error: {e.render(getattr(module, 'FLAGS', None))}", file=sys.stderr)
         return 2
 
 

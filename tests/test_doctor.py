@@ -1,6 +1,7 @@
 """`s3prl-redundancy doctor`: the checks, their fix lines and the exit status."""
 
 import json
+import re
 
 import pytest
 
@@ -16,13 +17,14 @@ def _doctor(tmp_path, *args, env=None):
 def test_doctor_on_this_stack_passes(tmp_path):
     out = _doctor(tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    rows = {line.split()[0]: line for line in out.stdout.splitlines()}
-    assert rows["check"].split() == ["check", "status", "detail"]
+    cells = [re.split(r"\s{2,}", line.strip()) for line in out.stdout.splitlines()]
+    rows = {c[0]: c[1:] for c in cells if len(c) == 3}  # check: [status, detail]
+    assert rows["check"] == ["status", "detail"]
     for package in doctor.TESTED:
-        assert package in rows and rows[package].split()[1] in ("ok", "warn")
-    assert "installed and active" in rows["start-up"]
-    shims = next(line for line in out.stdout.splitlines() if line.startswith("compat shims"))
-    assert "torchaudio.set_audio_backend" in shims and "huggingface_hub.HfFolder" in shims
+        assert rows[package][0] in ("ok", "warn")
+    assert rows["start-up hook"] == ["ok", "s3prl_redundancy_hub.pth installed and active"]
+    assert rows["torchaudio native"][0] == rows["s3prl import"][0] == "ok"
+    assert "torchaudio.set_audio_backend" in rows["compat shims"][1] and "huggingface_hub.HfFolder" in rows["compat shims"][1]
     assert out.stdout.strip().endswith("all essential checks pass")
 
 

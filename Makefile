@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv demo test test-all bench ks-check clean-venv system-deps
+.PHONY: venv demo test test-all test-s3prl doctor bench ks-check clean-venv system-deps
 
 venv: $(STAMP)
 
@@ -41,6 +41,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# s3prl's own offline test suite (from the sdist of the installed s3prl) with this plugin installed: a
+# regression check that the compatibility shims keep s3prl working. Left-out tests and why: in the script.
+test-s3prl: $(STAMP)
+	$(BIN)/python tools/s3prl_test_suite.py --work build/s3prl-tests
+
+# checks the installed stack and prints the fix for each problem (exit status 1 when an essential check fails)
+doctor: $(STAMP)
+	$(BIN)/s3prl-redundancy doctor
 
 # The benchmark suite (benchmarks/bench_*.py; every figure a ratio measured side by side, see
 # benchmarks/conftest.py), then docs/performance.md from its JSON. About 5 minutes on 2 CPU cores.

@@ -1,18 +1,28 @@
 """Imported at interpreter start-up by ``s3prl_redundancy_hub.pth``; must stay cheap (no torch, no s3prl).
 
-Installs an import watcher on ``sys.meta_path`` that acts only when s3prl itself is imported:
+Installs an import watcher on ``sys.meta_path`` that acts only when one of three modules is imported:
 
-- before ``s3prl`` runs: apply :mod:`s3prl_redundancy.compat` (so s3prl 0.4.18 imports on current torchaudio);
+- after ``torchaudio`` has run: add the torchaudio shims (:func:`s3prl_redundancy.compat.apply_torchaudio`,
+  cheap), so a worker process that uses torchaudio without importing s3prl (s3prl's joblib helpers) has them;
+- before ``s3prl`` runs: apply all of :mod:`s3prl_redundancy.compat` (so s3prl 0.4.18 imports on this stack);
 - after ``s3prl.hub`` has run: add the plugin hub entries (``pruned_hubert``, ...) to it.
 
 So ``python -m s3prl.run_downstream -u pruned_hubert`` and ``import s3prl.hub`` work in any process
-without importing this package first. Set ``S3PRL_REDUNDANCY_DISABLE=1`` to turn it off.
+without importing this package first. ``S3PRL_REDUNDANCY_DISABLE=1`` (or ``true`` / ``yes``) turns it off;
+``0``, ``false``, ``no`` or empty leave it on.
 """
 
 import os
 import sys
 
-_WATCHED = ("s3prl", "s3prl.hub")
+_WATCHED = ("torchaudio", "s3prl", "s3prl.hub")
+DISABLE_VARIABLE = "S3PRL_REDUNDANCY_DISABLE"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def disabled(environ=os.environ) -> bool:
+    """Whether ``S3PRL_REDUNDANCY_DISABLE`` asks to turn the hook off (``1``/``true``/``yes``/``on``, any case)."""
+    return environ.get(DISABLE_VARIABLE, "").strip().lower() in _TRUE
 
 
 def _before(name):
@@ -23,7 +33,11 @@ def _before(name):
 
 
 def _after(name):
-    if name == "s3prl.hub":
+    if name == "torchaudio":
+        from s3prl_redundancy import compat
+
+        compat.apply_torchaudio()
+    elif name == "s3prl.hub":
         try:
             from s3prl_redundancy.hub_registration import register
 
@@ -62,12 +76,17 @@ class S3prlImportWatcher:
         return spec
 
 
+def installed() -> bool:
+    """Whether the watcher is active in this process."""
+    return any(isinstance(f, S3prlImportWatcher) for f in sys.meta_path)
+
+
 def install():
-    if os.environ.get("S3PRL_REDUNDANCY_DISABLE"):
+    if disabled() or installed():
         return
-    if any(isinstance(f, S3prlImportWatcher) for f in sys.meta_path):
-        return
-    if "s3prl" in sys.modules:  # imported before us (not via the .pth): apply directly
+    if "torchaudio" in sys.modules:  # imported before us (not via the .pth): apply directly
+        _after("torchaudio")
+    if "s3prl" in sys.modules:
         _before("s3prl")
         if "s3prl.hub" in sys.modules:
             _after("s3prl.hub")

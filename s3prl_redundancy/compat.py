@@ -17,9 +17,11 @@ s3prl 0.4.18 was written against torchaudio <= 2.8 and huggingface_hub < 1.0. On
    that current pip rejects. Where catalyst is absent or one of those versions, a faithful stand-in module
    ``catalyst.data.sampler`` provides that class.
 
-Every shim applies only where the thing is missing or cannot work (a torchaudio <= 2.8 stack is left
-untouched), and :func:`apply` is idempotent. It is called automatically before ``s3prl`` is imported
-(see :mod:`s3prl_redundancy._autoload`).
+Every shim is additive: it applies only where the thing is missing or cannot work (a torchaudio <= 2.8
+stack is left untouched), and :func:`apply` is idempotent. It is called automatically before ``s3prl`` is
+imported, and the torchaudio part (:func:`apply_torchaudio`) as soon as ``torchaudio`` is imported, so worker
+processes that use torchaudio without importing s3prl get it too (see :mod:`s3prl_redundancy._autoload`).
+:func:`applied` tells what was added in this process.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import types
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-_applied: Optional[List[str]] = None
+_applied: Optional[List[str]] = None  # set once apply() has run
+_added: List[str] = []  # every shim added to the real modules of this process, in order
+_torchaudio_done = False
 
 
 # ---------------------------------------------------------------- audio I/O through soundfile
@@ -309,6 +313,27 @@ def patch_catalyst() -> List[str]:
     return ["catalyst.data.sampler.DistributedSamplerWrapper"]
 
 
+def _record(names: List[str]) -> List[str]:
+    _added.extend(n for n in names if n not in _added)
+    return names
+
+
+def applied() -> List[str]:
+    """The shims added so far in this process (by :func:`apply` or :func:`apply_torchaudio`)."""
+    return list(_added)
+
+
+def apply_torchaudio() -> List[str]:
+    """Shims 1-3 on the imported ``torchaudio``, once; cheap (imports nothing). Called when torchaudio is
+    imported, so worker processes that never import s3prl (joblib, multiprocessing) have them too."""
+    global _torchaudio_done
+    torchaudio = sys.modules.get("torchaudio")
+    if _torchaudio_done or torchaudio is None:
+        return []
+    _torchaudio_done = True
+    return _record(patch_torchaudio(torchaudio))
+
+
 def apply() -> List[str]:
     """Apply the shims that this stack needs; return their names. Idempotent."""
     global _applied
@@ -316,18 +341,18 @@ def apply() -> List[str]:
         return list(_applied)
     done: List[str] = []
     try:
-        import torchaudio
+        import torchaudio  # noqa: F401  (the import hook may already have patched it)
     except ImportError:  # pragma: no cover - s3prl itself needs torchaudio
-        torchaudio = None
-    if torchaudio is not None:
-        done += patch_torchaudio(torchaudio)
+        pass
+    apply_torchaudio()
+    done += [name for name in _added if name.startswith("torchaudio.")]
     try:
         import huggingface_hub
     except ImportError:  # pragma: no cover
         huggingface_hub = None
     if huggingface_hub is not None:
-        done += patch_huggingface_hub(huggingface_hub)
-    done += patch_torch_load()
-    done += patch_catalyst()
+        done += _record(patch_huggingface_hub(huggingface_hub))
+    done += _record(patch_torch_load())
+    done += _record(patch_catalyst())
     _applied = done
     return list(done)

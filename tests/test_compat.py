@@ -9,6 +9,7 @@ import soundfile
 import torch
 import torchaudio
 
+from conftest import run_python
 from s3prl_redundancy import compat
 
 
@@ -132,3 +133,84 @@ def test_s3prl_keyword_spotting_expert_imports():
 
     module = importlib.import_module("s3prl.downstream.speech_commands.expert")
     assert module.DistributedSamplerWrapper.__name__ == "DistributedSamplerWrapper"
+
+
+# ---------------------------------------------------------------- the start-up hook (fresh processes)
+_FAKE_TORCHAUDIO_28 = '''
+__version__ = "2.8.0"
+def set_audio_backend(backend=None): return "real"
+def load(*a, **k): return "real"
+def save(*a, **k): return "real"
+def info(*a, **k): return "real"
+from . import sox_effects
+'''
+_FAKE_TORCHAUDIO_211 = '__version__ = "2.11.0"\ndef load(*a, **k): return "real"\n'
+_PROBE = (
+    "import sys, torchaudio; from s3prl_redundancy import compat; "
+    "print(compat.applied()); print(torchaudio.set_audio_backend.__module__, torchaudio.load.__module__); "
+    "print(sorted(m for m in ('torch', 's3prl') if m in sys.modules))"
+)
+
+
+def _fake_torchaudio(root, init_text, with_sox=False):
+    package = root / "torchaudio"
+    package.mkdir()
+    (package / "__init__.py").write_text(init_text)
+    if with_sox:
+        (package / "sox_effects.py").write_text("def apply_effects_file(*a, **k): return 'real'\n")
+    return {"PYTHONPATH": str(root)}
+
+
+def test_importing_torchaudio_alone_adds_its_shims_without_torch_or_s3prl(tmp_path):
+    """Worker processes (joblib) use torchaudio without importing s3prl: the hook acts on `import torchaudio`,
+    and cheaply (the fake torchaudio imports nothing, and neither may the hook)."""
+    env = _fake_torchaudio(tmp_path, _FAKE_TORCHAUDIO_211)
+    out = run_python(_PROBE, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    added, modules, heavy = out.stdout.splitlines()
+    assert added == "['torchaudio.set_audio_backend', 'torchaudio.sox_effects', 'torchaudio.load/save/info']"
+    assert modules == "s3prl_redundancy.compat s3prl_redundancy.compat" and heavy == "[]"
+
+
+def test_hook_leaves_a_torchaudio_with_the_real_functions_untouched(tmp_path):
+    env = _fake_torchaudio(tmp_path, _FAKE_TORCHAUDIO_28, with_sox=True)
+    out = run_python(_PROBE + "; print(torchaudio.sox_effects.apply_effects_file())", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "torchaudio torchaudio", "[]", "real"]
+
+
+def test_real_torchaudio_in_a_fresh_process_has_the_shims(tmp_path):
+    out = run_python("import torchaudio; torchaudio.set_audio_backend('sox_io'); print(torchaudio.sox_effects.__doc__)", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "s3prl_redundancy.compat" in out.stdout
+
+
+@pytest.mark.slow
+def test_s3prl_audio_info_in_joblib_workers(tmp_path):
+    """s3prl's own `test_audio_info`: its joblib workers call torchaudio without importing s3prl."""
+    code = (
+        "from pathlib import Path; from s3prl.util.audio_info import get_audio_info; "
+        "from s3prl.util.pseudo_data import pseudo_audio\n"
+        "with pseudo_audio([3.0, 4.1]) as (paths, _):\n"
+        f"    infos = get_audio_info(paths, [Path(p).stem for p in paths], cache_dir={str(tmp_path)!r}, num_workers=2)\n"
+        "print([i['num_frames'] for i in infos])"
+    )
+    out = run_python(code, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[48000, 65600]"
+
+
+@pytest.mark.parametrize("value, active", [("", True), ("0", True), ("false", True), ("No", True),
+                                           ("1", False), ("TRUE", False), ("yes", False)])
+def test_disable_switch(tmp_path, value, active):
+    out = run_python("from s3prl_redundancy import _autoload; print(_autoload.installed())", cwd=tmp_path,
+                     env={"S3PRL_REDUNDANCY_DISABLE": value})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(active)
+
+
+def test_disabled_reads_the_variable_case_insensitively():
+    from s3prl_redundancy._autoload import disabled
+
+    assert not disabled({}) and not disabled({"S3PRL_REDUNDANCY_DISABLE": " False "})
+    assert disabled({"S3PRL_REDUNDANCY_DISABLE": "Yes"}) and disabled({"S3PRL_REDUNDANCY_DISABLE": "1"})

@@ -260,7 +260,7 @@ def existing_results(out_dir: Union[str, os.PathLike], metric_names: Optional[It
     if metric_names is not None:
         wanted = set(result_names(metric_names))
         found = [n for n in found if n in wanted]
-    return found
+    return sorted(found, key=lambda n: n != RESULT_JSON)  # the main result first, as messages list it
 
 
 def check_output_dir(out_dir: Union[str, os.PathLike], force: bool = False, resume: bool = False,

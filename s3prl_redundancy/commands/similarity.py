@@ -68,9 +68,8 @@ def add_arguments(parser):
 
 
 def _metric_options(args, names) -> dict:
-    import inspect
-
     from ..similarity.analysis import metric_registry
+    from ..similarity.metrics import constructor_options
 
     registry = metric_registry()
     options = {}
@@ -78,7 +77,7 @@ def _metric_options(args, names) -> dict:
         cls = registry.get(name)
         if cls is None:
             continue
-        params = inspect.signature(cls.__init__).parameters
+        params = constructor_options(cls)
         opts = {}
         if name == "mknn":
             opts.update(k=args.mknn_k, max_frames=args.mknn_max_frames)

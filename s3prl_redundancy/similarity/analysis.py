@@ -30,7 +30,6 @@ batch boundaries, so the result is identical to an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -86,26 +85,6 @@ def metric_registry() -> Dict[str, type]:
     return similarity_metrics()
 
 
-def _parse_names(metrics: Union[str, Iterable[str]], registry: Mapping[str, type]) -> List[str]:
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",")]
-    names = list(dict.fromkeys(m for m in (str(x).strip() for x in metrics) if m))
-    known = ", ".join(sorted(registry))
-    if not names:
-        raise UserInputError(f"no similarity metric requested; known metrics: {known}", argument="metrics")
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise UserInputError(
-            f"unknown similarity metric(s) {', '.join(map(repr, unknown))}; known metrics: {known} "
-            "(plugins add more through the s3prl_redundancy_similarity_metrics hook)", argument="metrics"
-        )
-    return names
-
-
-def _constructor_params(cls: type) -> List[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-
-
 class MetricSet:
     """The stateful metric instances of one analysis and how each output is read from them.
 
@@ -116,11 +95,12 @@ class MetricSet:
 
     def __init__(self, names: Union[str, Iterable[str]] = DEFAULT_METRICS, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  registry: Optional[Mapping[str, type]] = None) -> None:
-        from .metrics import BlockInfluence, CosineSimilarity, DebiasedLinearCKA, LinearCKA
+        from .metrics import (BlockInfluence, CosineSimilarity, DebiasedLinearCKA, LinearCKA, constructor_options,
+                              parse_metric_names)
 
         registry = dict(metric_registry() if registry is None else registry)
         registry.setdefault("block_influence", BlockInfluence)
-        self.names = _parse_names(names, registry)
+        self.names = parse_metric_names(names, registry, argument="metrics")
         options = {} if options is None else options
         if not isinstance(options, Mapping) or any(not isinstance(v, Mapping) for v in options.values()):
             raise UserInputError("must map metric names to option dicts, e.g. {'mknn': {'k': 10}}",
@@ -131,7 +111,7 @@ class MetricSet:
                                  argument="metric_options")
         options = {name: opts for name, opts in options.items() if name in self.names or name == "block_influence"}
         for name, opts in options.items():
-            accepted = _constructor_params(registry[name])
+            accepted = constructor_options(registry[name])
             bad = sorted(set(opts) - set(accepted))
             if bad:
                 raise UserInputError(f"metric {name!r} does not take option(s) {bad}; it accepts: "

@@ -49,6 +49,8 @@ __all__ = [
     "MutualKNN",
     "BUILTIN_METRICS",
     "build_metrics",
+    "parse_metric_names",
+    "constructor_options",
     "hash_keys",
     "block_influence_from_cosine",
     "product_dtype",
@@ -1057,6 +1059,31 @@ BUILTIN_METRICS: Dict[str, Type[LayerSimilarityMetric]] = {
 }
 
 
+def parse_metric_names(names: Union[str, Iterable[str]], registry: Dict[str, type], argument: str = "names") -> List[str]:
+    """Requested metric names (a list or a comma-separated string), de-duplicated in order and checked against
+    ``registry``; ``argument`` is the caller's name for them, for the error."""
+    from ..errors import UserInputError
+
+    if isinstance(names, str):
+        names = names.split(",")
+    names = list(dict.fromkeys(n for n in (str(x).strip() for x in names) if n))
+    known = ", ".join(sorted(registry))
+    if not names:
+        raise UserInputError(f"no similarity metric requested; known metrics: {known}", argument=argument)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise UserInputError(
+            f"unknown similarity metric(s) {', '.join(map(repr, unknown))}; known metrics: {known} "
+            "(plugins add more through the s3prl_redundancy_similarity_metrics hook)", argument=argument
+        )
+    return names
+
+
+def constructor_options(cls: type) -> List[str]:
+    """The keyword options a metric class takes (its constructor's parameters)."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+
+
 def build_metrics(names: Union[str, Iterable[str]], **options: Any) -> Dict[str, LayerSimilarityMetric]:
     """Instantiate registered metrics (:func:`s3prl_redundancy.plugins.similarity_metrics`) by name (a list or a
     comma-separated string).
@@ -1064,24 +1091,16 @@ def build_metrics(names: Union[str, Iterable[str]], **options: Any) -> Dict[str,
     Each option goes to every requested metric whose constructor accepts it (e.g.
     ``k=5`` to ``mknn``); an option accepted by none of them is an error.
     """
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(dict.fromkeys(names))
     from ..plugins import similarity_metrics
 
     registry = similarity_metrics()
-    known = ", ".join(registry)
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise ValueError(f"unknown similarity metric(s) {', '.join(map(repr, unknown))}; known metrics: {known}")
-    if not names:
-        raise ValueError(f"no similarity metric requested; known metrics: {known}")
+    names = parse_metric_names(names, registry)
     metrics: Dict[str, LayerSimilarityMetric] = {}
     used = set()
     accepted = set()
     for n in names:
         cls = registry[n]
-        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        params = set(constructor_options(cls))
         accepted |= params
         kwargs = {k: v for k, v in options.items() if k in params}
         used |= set(kwargs)

@@ -12,9 +12,13 @@
 
 One forward pass (:class:`~.collector.HiddenStateCollector`) feeds all metrics; statistics that two
 outputs share are computed once (``cka`` comes from the ``debiased_cka`` statistics when both are
-asked for, block influence from the ``cosine`` sums). Metric classes are the built-ins
-(:data:`~.metrics.BUILTIN_METRICS`) with those of installed plugins
-(``s3prl_redundancy_similarity_metrics``) merged over them.
+asked for, block influence from the ``cosine`` sums). Metric classes come from the one registry,
+:func:`s3prl_redundancy.plugins.similarity_metrics` (the built-ins and every plugin's
+``s3prl_redundancy_similarity_metrics``).
+
+Report files follow the output-folder policy of every command (:class:`s3prl_redundancy.io.OutputDir`,
+command name ``similarity``): :func:`check_output_dir` validates the folder before any work, every file
+(and the checkpoint folder :data:`PARTIAL_DIR`) is recorded as this command's, and ``force`` replaces only those.
 
 Under ``torch.distributed`` (e.g. torchrun, see :mod:`s3prl_redundancy.distributed`) call
 :func:`analyze` on every rank with the whole dataset: each rank processes its shard

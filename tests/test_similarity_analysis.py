@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from s3prl_redundancy.hookspecs import hookimpl
+from s3prl_redundancy.io import MARKER
 from s3prl_redundancy.plugins import get_plugin_manager
 from s3prl_redundancy.similarity import gram_reference as ref
 from s3prl_redundancy.similarity.analysis import MetricSet, SimilarityReport, analyze
@@ -356,7 +357,7 @@ def test_cka_shared_with_debiased_statistics_equals_a_separate_linear_cka():
         (["cka", "bogus"], None, "unknown similarity metric(s) 'bogus'; known metrics: block_influence, cka, cosine"),
         ([], None, "no similarity metric requested"),
         (["mknn"], {"mknn": {"kk": 3}}, "does not take option(s) ['kk']; it accepts: k, max_frames"),
-        (["mknn"], {"bogus": {}}, "metric_options given for unknown metric(s) ['bogus']"),
+        (["mknn"], {"bogus": {}}, "metric_options: given for unknown metric(s) ['bogus']"),
         (["mknn"], {"mknn": {"k": 20, "max_frames": 10}}, "max_frames must be larger than k"),
         (["mknn"], {"k": 3}, "must map metric names to option dicts"),
     ],
@@ -411,7 +412,7 @@ def test_report_write_load_csv_and_overwrite_rules(tmp_path):
     report = analyze(up, _dataset(), batch_size=4, metric_options=OPTIONS, progress=False, upstream_name="framewise")
     files = report.write(tmp_path / "out")
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == sorted(["similarity.json", "similarity_all.png", "block_influence.png"]
+    assert names == sorted([MARKER, "similarity.json", "similarity_all.png", "block_influence.png"]
                            + [f"{m}.{e}" for m in ("cosine", "cka", "debiased_cka", "mknn") for e in ("csv", "png")])
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in files.values() if p.suffix == ".png")
     data = json.loads((tmp_path / "out" / "similarity.json").read_text())
@@ -424,13 +425,13 @@ def test_report_write_load_csv_and_overwrite_rules(tmp_path):
     np.testing.assert_array_equal(SimilarityReport.load(tmp_path / "out").metrics["mknn"], report.metrics["mknn"])
 
     before = (tmp_path / "out" / "similarity.json").read_bytes()
-    with pytest.raises(UserInputError, match="already holds similarity results .*pass --force"):
+    with pytest.raises(UserInputError, match="already holds similarity results .*pass `force=True`"):
         report.write(tmp_path / "out")
     assert (tmp_path / "out" / "similarity.json").read_bytes() == before
     smaller = analyze(up, _dataset(), metrics=["cka"], batch_size=4, progress=False)
     smaller.write(tmp_path / "out", force=True)
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert left == ["block_influence.png", "cka.csv", "cka.png", "similarity.json", "similarity_all.png"]
+    assert left == sorted([MARKER, "block_influence.png", "cka.csv", "cka.png", "similarity.json", "similarity_all.png"])
 
 
 def test_analyze_by_hub_name_on_an_audio_folder(tiny_ckpts, tmp_path):

@@ -4,6 +4,7 @@ bad input, NaN hidden states, checkpoint / resume."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from s3prl_redundancy.cli import main
 from s3prl_redundancy.hookspecs import hookimpl
+from s3prl_redundancy.io import MARKER
 from s3prl_redundancy.plugins import get_plugin_manager
 
 METRICS = ("cosine", "cka", "debiased_cka", "mknn")
@@ -46,7 +48,7 @@ def test_cli_writes_every_file_and_refuses_to_overwrite(tiny_ckpts, audio, tmp_p
     assert main(_argv(tiny_ckpts["hubert"], audio, out, "--batch-size", "1")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     expected = {"similarity.json", "similarity_all.png", "block_influence.png"} | {f"{m}.{e}" for m in METRICS for e in ("csv", "png")}
-    assert {p.name for p in out.iterdir()} == expected  # no .partial left, nothing else
+    assert {p.name for p in out.iterdir()} == expected | {MARKER}  # no .partial left, nothing else
     data = json.loads((out / "similarity.json").read_text())
     dataset = AudioDataset.from_data(audio)
     lengths = [len(dataset[i][1]) for i in range(len(dataset))]
@@ -70,7 +72,7 @@ def test_cli_writes_every_file_and_refuses_to_overwrite(tiny_ckpts, audio, tmp_p
     assert "already holds similarity results (similarity.json" in err and "--force" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main(_argv(tiny_ckpts["hubert"], audio, out, "--metrics", "cka", "--force")) == 0
-    assert {p.name for p in out.iterdir()} == {"similarity.json", "similarity_all.png", "block_influence.png", "cka.csv", "cka.png"}
+    assert {p.name for p in out.iterdir()} == {MARKER, "similarity.json", "similarity_all.png", "block_influence.png", "cka.csv", "cka.png"}
 
 
 def _nan_checkpoint(path):
@@ -182,3 +184,59 @@ def test_cli_checkpoint_and_resume_equals_a_straight_run(tiny_ckpts, audio, tmp_
     assert (out / "similarity.json").read_bytes() == (straight / "similarity.json").read_bytes()
     for name in METRICS:
         assert (out / f"{name}.csv").read_bytes() == (straight / f"{name}.csv").read_bytes()
+
+
+def test_out_errors_name_the_flag_on_the_cli_and_the_argument_in_python(tiny_ckpts, audio, tmp_path, capsys):
+    from s3prl_redundancy.errors import UserInputError
+    from s3prl_redundancy.similarity.analysis import check_output_dir
+
+    out = tmp_path / "out"
+    assert main(_argv(tiny_ckpts["hubert"], audio, out, "--metrics", "cka")) == 0
+    capsys.readouterr()
+    assert main(_argv(tiny_ckpts["hubert"], audio, out, "--metrics", "cka")) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out: {out} already holds similarity results" in err and "pass --force to overwrite" in err
+    assert "out_dir" not in err and "force=True" not in err
+    with pytest.raises(UserInputError) as info:
+        check_output_dir(out)
+    assert info.value.argument == "out_dir"
+    assert str(info.value).startswith(f"out_dir: {out} already holds") and "pass `force=True` to overwrite" in str(info.value)
+    assert "--out" not in str(info.value) and "--force" not in str(info.value)
+
+
+def test_unwritable_out_fails_before_the_model_is_loaded(tiny_ckpts, audio, tmp_path, capsys, monkeypatch):
+    import s3prl_redundancy.upstream_loading as loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(loading, "load_upstream", no_loading)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(_argv(tiny_ckpts["hubert"], audio, blocker / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s3prl-redundancy similarity: error: --out: ") and "is a file, not a folder" in err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            assert main(_argv(tiny_ckpts["hubert"], audio, locked / "out")) == 2
+            assert "is not writable" in capsys.readouterr().err
+        finally:
+            locked.chmod(0o700)
+
+
+def test_force_deletes_only_what_similarity_wrote(tiny_ckpts, audio, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ("--metrics", "cka", "--checkpoint-every", "100")
+    assert main(_argv(tiny_ckpts["hubert"], audio, out, *args)) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["command"] == "similarity" and ".partial" not in marker["files"] and "cka.csv" in marker["files"]
+    (out / "notes.txt").write_text("mine")
+    assert main(_argv(tiny_ckpts["hubert"], audio, out, "--metrics", "cosine")) == 2  # results there: needs --force
+    capsys.readouterr()
+    assert main(_argv(tiny_ckpts["hubert"], audio, out, "--metrics", "cosine", "--force")) == 0
+    left = {p.name for p in out.iterdir()}
+    assert "notes.txt" in left and "cka.csv" not in left and "cosine.csv" in left
+    assert (out / "notes.txt").read_text() == "mine"

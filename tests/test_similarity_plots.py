@@ -33,7 +33,7 @@ def read_png(path):
 
 
 def leftovers(folder):
-    return [p for p in os.listdir(folder) if p.endswith(".tmp")]
+    return [p for p in os.listdir(folder) if ".tmp" in p]
 
 
 def test_heatmap_png_with_and_without_blocks(tmp_path):
@@ -66,8 +66,9 @@ def test_failed_write_keeps_previous_file_and_no_temp(tmp_path, monkeypatch):
     plot_heatmap(similarity(), "first", target)
     before = target.read_bytes()
 
-    def broken_savefig(self, handle, **kwargs):
-        handle.write(PNG_MAGIC + b"half written")
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") as handle:
+            handle.write(PNG_MAGIC + b"half written")
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)

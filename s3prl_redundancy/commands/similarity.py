@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import json
 
+FLAGS = {
+    "out_dir": "--out",
+    "dataset": "--data",
+    "metric_options": "--mknn-k / --mknn-max-frames / --seed",
+    "checkpoint_dir": "--out",
+}
+"""Python argument -> flag, where the library's argument names differ from this command's flags."""
+
 
 def _positive_int(text: str) -> int:
     import argparse
@@ -60,9 +68,8 @@ def add_arguments(parser):
 
 
 def _metric_options(args, names) -> dict:
-    import inspect
-
     from ..similarity.analysis import metric_registry
+    from ..similarity.metrics import constructor_options
 
     registry = metric_registry()
     options = {}
@@ -70,7 +77,7 @@ def _metric_options(args, names) -> dict:
         cls = registry.get(name)
         if cls is None:
             continue
-        params = inspect.signature(cls.__init__).parameters
+        params = constructor_options(cls)
         opts = {}
         if name == "mknn":
             opts.update(k=args.mknn_k, max_frames=args.mknn_max_frames)
@@ -82,14 +89,12 @@ def _metric_options(args, names) -> dict:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from .. import distributed as dist_utils
     from ..audio import AudioDataset
     from ..errors import UserInputError
-    from ..similarity.analysis import PARTIAL_DIR, MetricSet, analyze, check_output_dir, clear_checkpoints
+    from ..similarity.analysis import PARTIAL_DIR, MetricSet, result_names, analyze, check_output_dir
 
     ctx = dist_utils.init_from_env(args.device)
     try:
@@ -97,17 +102,19 @@ def run(args) -> int:
         options = _metric_options(args, names)
         MetricSet(names, options)  # unknown names / bad options fail before any work
         if args.num_workers < 0:
-            raise UserInputError(f"--num-workers must be >= 0, got {args.num_workers}")
-        out = Path(args.out)
-        check_output_dir(out, force=args.force, resume=args.resume)
+            raise UserInputError(f"must be >= 0, got {args.num_workers}", argument="num_workers")
+        use_checkpoints = bool(args.checkpoint_every) or args.resume
+        outputs = result_names(names) + ([PARTIAL_DIR] if use_checkpoints else [])
+        # the folder policy (incl. writability) is checked before the audio is listed or the model loaded
+        out = check_output_dir(args.out, force=args.force, resume=args.resume, outputs=outputs)
         dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
-        partial = out / PARTIAL_DIR
+        partial = out.path / PARTIAL_DIR
         dist_utils.barrier()
-        if ctx.is_main and args.force and not args.resume:
-            clear_checkpoints(partial)
+        if ctx.is_main and use_checkpoints:
+            out.prepare()  # with --force (and no --resume): deletes the previous run's outputs, .partial included
+            out.record(PARTIAL_DIR)
         dist_utils.barrier()
         torch.manual_seed(args.seed)
-        use_checkpoints = bool(args.checkpoint_every) or args.resume
         report = analyze(
             args.upstream,
             dataset,
@@ -124,19 +131,24 @@ def run(args) -> int:
             num_workers=args.num_workers,
         )
         if ctx.is_main:
-            report.write(out, force=args.force)
-            clear_checkpoints(partial)
-            summary = {
-                "out": str(out),
-                "upstream": report.upstream,
-                "num_utterances": report.num_utterances,
-                "num_frames": report.num_frames,
-                "layers": len(report.layers),
-                "processes": ctx.world_size,
-                "blocks": {name: (b or {}).get("blocks") for name, b in report.blocks.items()},
-            }
-            print(json.dumps(summary), flush=True)
+            report.write(out)
+            if PARTIAL_DIR in out.recorded():
+                out.remove(PARTIAL_DIR)
+            _print_summary(report, out.path, ctx.world_size)
         dist_utils.barrier()
         return 0
     finally:
         dist_utils.cleanup(ctx)
+
+
+def _print_summary(report, out, processes: int) -> None:
+    summary = {
+        "out": str(out),
+        "upstream": report.upstream,
+        "num_utterances": report.num_utterances,
+        "num_frames": report.num_frames,
+        "layers": len(report.layers),
+        "processes": processes,
+        "blocks": {name: (b or {}).get("blocks") for name, b in report.blocks.items()},
+    }
+    print(json.dumps(summary), flush=True)

@@ -162,12 +162,10 @@ def insert_bridges(model, family: str, keep: Sequence[int], num_layers: int,
 # Measuring what a bridge recovers
 # --------------------------------------------------------------------------------------
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of two ``(N, D)`` frame matrices (features centred), float64."""
-    x = x.double() - x.double().mean(0)
-    y = y.double() - y.double().mean(0)
-    hsic = (y.T @ x).square().sum()
-    denom = torch.sqrt((x.T @ x).square().sum() * (y.T @ y).square().sum())
-    return float(hsic / denom) if float(denom) > 0 else float("nan")
+    """Linear CKA of two ``(N, D)`` frame matrices (features centred), float64; NaN without variance."""
+    from ..similarity.functional import linear_cka as cka
+
+    return float(cka(x, y))
 
 
 def output_frames(upstream, dataset, batch_size: int = 4) -> torch.Tensor:

@@ -36,13 +36,16 @@ SECONDS = 4.0  # audio length for MACs and latency
 class LayerError:
     """Streaming MSE and linear CKA between frames ``X`` (prediction) and ``Y`` (teacher), float64.
 
-    CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), with ``Xc`` the column-centred frames; the
-    centred products come from running sums (``Xc^T Xc = X^T X - s_x s_x^T / N``)."""
+    CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), with ``Xc`` the column-centred frames, from
+    running sums (:func:`~s3prl_redundancy.similarity.functional.linear_cka_from_moments`). The sums are of
+    frames minus the first batch's mean: raw products of features with a large common offset would cancel
+    in ``X^T X - s_x s_x^T / N``; shifted ones do not, and CKA does not change."""
 
     def __init__(self):
         self.n = 0
         self.sq = 0.0
         self.sx = self.sy = self.sxx = self.syy = self.syx = None
+        self.shift_x = self.shift_y = None
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64)
@@ -54,6 +57,9 @@ class LayerError:
         self.n += x.shape[0]
         if x.shape == y.shape:
             self.sq += float((x - y).pow(2).sum())
+        if self.shift_x is None:
+            self.shift_x, self.shift_y = x.mean(0), y.mean(0)
+        x, y = x - self.shift_x, y - self.shift_y
         self.sx += x.sum(0)
         self.sy += y.sum(0)
         self.sxx += x.T @ x
@@ -67,12 +73,9 @@ class LayerError:
         return self.sq / (self.n * self.sx.numel())
 
     def cka(self) -> float:
-        n = self.n
-        cxx = self.sxx - torch.outer(self.sx, self.sx) / n
-        cyy = self.syy - torch.outer(self.sy, self.sy) / n
-        cyx = self.syx - torch.outer(self.sy, self.sx) / n
-        denom = torch.linalg.matrix_norm(cxx) * torch.linalg.matrix_norm(cyy)
-        return float(torch.linalg.matrix_norm(cyx) ** 2 / denom) if denom > 0 else float("nan")
+        from ..similarity.functional import linear_cka_from_moments
+
+        return float(linear_cka_from_moments(self.n, self.sx, self.sy, self.sxx, self.syy, self.syx))
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

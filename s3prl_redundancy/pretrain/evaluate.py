@@ -25,13 +25,9 @@ import numpy as np
 
 def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     """``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` in float64 (frames as rows)."""
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
-    X = X - X.mean(0)
-    Y = Y - Y.mean(0)
-    num = np.linalg.norm(Y.T @ X) ** 2
-    den = np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y)
-    return float(num / den) if den > 0 else float("nan")
+    from ..similarity.functional import linear_cka as cka
+
+    return float(cka(np.asarray(X, np.float64), np.asarray(Y, np.float64)))
 
 
 def cka_matrix(layers: Sequence[np.ndarray]) -> np.ndarray:

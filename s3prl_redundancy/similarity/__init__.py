@@ -2,6 +2,8 @@
 
 Submodules (import the one you need; nothing heavy happens at package import):
 
+* :mod:`.functional` -- the formulas as plain functions (``linear_cka``, ``cosine_similarity``,
+  ``mutual_knn``, CKA from statistics), called by the metric classes and by other packages;
 * :mod:`.metrics` -- streaming metrics (``cosine``, ``cka``, ``debiased_cka``, ``mknn``,
   ``block_influence``) with ``update`` / ``compute`` / ``merge`` / ``sync`` / ``state_dict``;
 * :mod:`.gram_reference` -- n x n Gram-matrix reference implementations (test oracles,
@@ -16,5 +18,12 @@ Submodules (import the one you need; nothing heavy happens at package import):
 See ``docs/similarity.md`` for the definitions.
 """
 
-METRIC_NAMES = ("cosine", "cka", "debiased_cka", "mknn", "block_influence")
-"""Names accepted by :func:`s3prl_redundancy.similarity.metrics.build_metrics`."""
+
+
+def __getattr__(name: str):
+    # METRIC_NAMES: the registered metrics (built-ins and plugins), looked up in the one registry when asked for
+    if name == "METRIC_NAMES":
+        from ..plugins import similarity_metrics
+
+        return tuple(similarity_metrics())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

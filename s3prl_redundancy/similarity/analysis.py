@@ -12,9 +12,13 @@
 
 One forward pass (:class:`~.collector.HiddenStateCollector`) feeds all metrics; statistics that two
 outputs share are computed once (``cka`` comes from the ``debiased_cka`` statistics when both are
-asked for, block influence from the ``cosine`` sums). Metric classes are the built-ins
-(:data:`~.metrics.BUILTIN_METRICS`) with those of installed plugins
-(``s3prl_redundancy_similarity_metrics``) merged over them.
+asked for, block influence from the ``cosine`` sums). Metric classes come from the one registry,
+:func:`s3prl_redundancy.plugins.similarity_metrics` (the built-ins and every plugin's
+``s3prl_redundancy_similarity_metrics``).
+
+Report files follow the output-folder policy of every command (:class:`s3prl_redundancy.io.OutputDir`,
+command name ``similarity``): :func:`check_output_dir` validates the folder before any work, every file
+(and the checkpoint folder :data:`PARTIAL_DIR`) is recorded as this command's, and ``force`` replaces only those.
 
 Under ``torch.distributed`` (e.g. torchrun, see :mod:`s3prl_redundancy.distributed`) call
 :func:`analyze` on every rank with the whole dataset: each rank processes its shard
@@ -30,9 +34,7 @@ batch boundaries, so the result is identical to an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-import math
 import os
 import shutil
 import time
@@ -46,6 +48,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..errors import UserInputError
+from ..io import OutputDir, atomic_torch_save, dumps_matrix_json, json_ready
 from .collector import CollectionStats, HiddenStateCollector, HiddenStatesBatch
 
 __all__ = [
@@ -59,7 +62,9 @@ __all__ = [
     "SimilarityReport",
     "analyze",
     "existing_results",
+    "result_names",
     "check_output_dir",
+    "COMMAND",
     "clear_checkpoints",
 ]
 
@@ -68,6 +73,8 @@ RESULT_JSON = "similarity.json"
 ALL_FIGURE = "similarity_all.png"
 BLOCK_INFLUENCE_FIGURE = "block_influence.png"
 PARTIAL_DIR = ".partial"
+COMMAND = "similarity"
+"""The command name under which :class:`~s3prl_redundancy.io.OutputDir` records what an analysis wrote."""
 _PARTIAL_FORMAT = "s3prl_redundancy.similarity.partial"
 _PARTIAL_VERSION = 1
 
@@ -76,31 +83,10 @@ _PARTIAL_VERSION = 1
 # Metrics
 # --------------------------------------------------------------------------------------
 def metric_registry() -> Dict[str, type]:
-    """``{name: metric class}``: the built-ins with every plugin's metrics merged over them."""
+    """``{name: metric class}``: the registered metrics (built-ins and plugins), from the one registry."""
     from ..plugins import similarity_metrics
-    from .metrics import BUILTIN_METRICS
 
-    return {**BUILTIN_METRICS, **similarity_metrics()}
-
-
-def _parse_names(metrics: Union[str, Iterable[str]], registry: Mapping[str, type]) -> List[str]:
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",")]
-    names = list(dict.fromkeys(m for m in (str(x).strip() for x in metrics) if m))
-    known = ", ".join(sorted(registry))
-    if not names:
-        raise UserInputError(f"no similarity metric requested; known metrics: {known}")
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise UserInputError(
-            f"unknown similarity metric(s) {', '.join(map(repr, unknown))}; known metrics: {known} "
-            "(plugins add more through the s3prl_redundancy_similarity_metrics hook)"
-        )
-    return names
-
-
-def _constructor_params(cls: type) -> List[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    return similarity_metrics()
 
 
 class MetricSet:
@@ -113,23 +99,27 @@ class MetricSet:
 
     def __init__(self, names: Union[str, Iterable[str]] = DEFAULT_METRICS, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  registry: Optional[Mapping[str, type]] = None) -> None:
-        from .metrics import BlockInfluence, CosineSimilarity, DebiasedLinearCKA, LinearCKA
+        from .metrics import (BlockInfluence, CosineSimilarity, DebiasedLinearCKA, LinearCKA, constructor_options,
+                              parse_metric_names)
 
         registry = dict(metric_registry() if registry is None else registry)
         registry.setdefault("block_influence", BlockInfluence)
-        self.names = _parse_names(names, registry)
+        self.names = parse_metric_names(names, registry, argument="metrics")
         options = {} if options is None else options
         if not isinstance(options, Mapping) or any(not isinstance(v, Mapping) for v in options.values()):
-            raise UserInputError("metric_options must map metric names to option dicts, e.g. {'mknn': {'k': 10}}")
+            raise UserInputError("must map metric names to option dicts, e.g. {'mknn': {'k': 10}}",
+                                 argument="metric_options")
         stray = sorted(set(options) - set(registry))
         if stray:
-            raise UserInputError(f"metric_options given for unknown metric(s) {stray}; known metrics: {', '.join(sorted(registry))}")
+            raise UserInputError(f"given for unknown metric(s) {stray}; known metrics: {', '.join(sorted(registry))}",
+                                 argument="metric_options")
         options = {name: opts for name, opts in options.items() if name in self.names or name == "block_influence"}
         for name, opts in options.items():
-            accepted = _constructor_params(registry[name])
+            accepted = constructor_options(registry[name])
             bad = sorted(set(opts) - set(accepted))
             if bad:
-                raise UserInputError(f"metric {name!r} does not take option(s) {bad}; it accepts: {', '.join(accepted) or 'none'}")
+                raise UserInputError(f"metric {name!r} does not take option(s) {bad}; it accepts: "
+                                     f"{', '.join(accepted) or 'none'}", argument="metric_options")
 
         wanted = list(self.names)
         if "block_influence" not in wanted:
@@ -154,7 +144,7 @@ class MetricSet:
             try:
                 self.instances[name] = registry[name](**dict(options.get(name, {})))
             except (TypeError, ValueError) as e:
-                raise UserInputError(f"invalid options for metric {name!r}: {e}") from None
+                raise UserInputError(f"invalid options for metric {name!r}: {e}", argument="metric_options") from None
             self.outputs[name] = (name, "compute")
 
     # ---- consumer ----------------------------------------------------------------------
@@ -197,14 +187,15 @@ class MetricSet:
             except (ValueError, RuntimeError) as e:
                 raise UserInputError(
                     f"cannot compute {name!r} from {metric.frames_seen if hasattr(metric, 'frames_seen') else '?'} frames: {e}. "
-                    "Use more or longer audio (--data, --max-utterances, --max-seconds) or relax the metric's options."
+                    "Use more or longer audio in `dataset` or relax the metric's options (`metric_options`).",
+                    argument="dataset",
                 ) from None
         return out
 
     def config(self) -> Dict[str, Any]:
         """What makes two runs' statistics compatible (part of the checkpoint fingerprint)."""
         return {
-            name: {"class": f"{type(m).__module__}.{type(m).__qualname__}", "config": _plain(m.config())}
+            name: {"class": f"{type(m).__module__}.{type(m).__qualname__}", "config": json_ready(m.config())}
             for name, m in sorted(self.instances.items())
         }
 
@@ -212,7 +203,7 @@ class MetricSet:
         """The options of every output, as reported in ``similarity.json``."""
         result = {}
         for name, (source, how) in self.outputs.items():
-            result[name] = dict(_plain(self.instances[source].config()))
+            result[name] = dict(json_ready(self.instances[source].config()))
             if how != "compute":
                 result[name]["from"] = f"{source}.{how}" if how == "compute_biased" else f"{source} (1 - super-diagonal)"
         return result
@@ -227,62 +218,19 @@ class MetricSet:
             metric.load_state_dict(state[name])
 
 
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy: tuples -> lists, numpy / torch scalars -> numbers, other objects -> str."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return _plain(float(value))
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return _plain(value.item())
-    return str(value)
-
-
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
-def _matrix_list(m: np.ndarray) -> List[List[Optional[float]]]:
-    return [[float(v) if math.isfinite(v) else None for v in row] for row in np.asarray(m, dtype=np.float64)]
+def _matrix_list(m: Any) -> List[List[Optional[float]]]:
+    return json_ready(np.asarray(m, dtype=np.float64))
 
 
 def _vector_list(v: Any) -> List[Optional[float]]:
-    return [float(x) if math.isfinite(x) else None for x in np.asarray(v, dtype=np.float64).ravel()]
+    return json_ready(np.asarray(v, dtype=np.float64).ravel())
 
 
-def _dumps_json(value: Any, indent: int = 0) -> str:
-    """JSON with one line per list of numbers (a matrix row), nested containers indented; no NaN."""
-    pad, inner = " " * indent, " " * (indent + 1)
-    if isinstance(value, Mapping) and value:
-        items = [f"{inner}{json.dumps(str(k))}: {_dumps_json(v, indent + 1).lstrip()}" for k, v in value.items()]
-        return pad + "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(value, list) and value and any(isinstance(v, (list, Mapping)) for v in value):
-        return pad + "[\n" + ",\n".join(_dumps_json(v, indent + 1) for v in value) + "\n" + pad + "]"
-    return pad + json.dumps(value, allow_nan=False)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _result_names(metric_names: Iterable[str]) -> List[str]:
+def result_names(metric_names: Iterable[str]) -> List[str]:
+    """The files :meth:`SimilarityReport.write` writes for these metrics."""
     names = [RESULT_JSON, ALL_FIGURE, BLOCK_INFLUENCE_FIGURE]
     for name in metric_names:
         names += [f"{name}.csv", f"{name}.png"]
@@ -290,37 +238,38 @@ def _result_names(metric_names: Iterable[str]) -> List[str]:
 
 
 def existing_results(out_dir: Union[str, os.PathLike], metric_names: Optional[Iterable[str]] = None) -> List[str]:
-    """Result files of a similarity analysis already in ``out_dir`` (any known metric's, by default)."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return []
-    if metric_names is None:
-        try:
-            metric_names = list(metric_registry())
-        except Exception:  # a broken plugin must not hide existing results
-            from .metrics import BUILTIN_METRICS
-
-            metric_names = list(BUILTIN_METRICS)
-    return [n for n in dict.fromkeys(_result_names(metric_names)) if (out / n).exists()]
+    """Result files that a similarity analysis wrote into ``out_dir`` and that are still there (those of
+    ``metric_names`` only, if given); the checkpoint folder is not a result."""
+    found = [n for n in OutputDir(out_dir, COMMAND).previous_outputs() if n != PARTIAL_DIR]
+    if metric_names is not None:
+        wanted = set(result_names(metric_names))
+        found = [n for n in found if n in wanted]
+    return sorted(found, key=lambda n: n != RESULT_JSON)  # the main result first, as messages list it
 
 
-def check_output_dir(out_dir: Union[str, os.PathLike], force: bool = False, resume: bool = False) -> None:
-    """Refuse a folder with results unless ``force``; an interrupted run's checkpoint needs ``resume`` or ``force``."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} exists and is not a folder; choose another --out")
-    found = existing_results(out)
+def check_output_dir(out_dir: Union[str, os.PathLike], force: bool = False, resume: bool = False,
+                     outputs: Iterable[str] = ()) -> OutputDir:
+    """The output folder of an analysis, checked before any work (see :class:`~s3prl_redundancy.io.OutputDir`).
+
+    Results of a previous analysis are refused unless ``force``; an interrupted run's checkpoint
+    (:data:`PARTIAL_DIR`) needs ``resume`` (continue it) or ``force`` (discard it). ``outputs`` are the names
+    this run will write, refused by name if someone else's files are there.
+    """
+    path = Path(out_dir)
+    found = existing_results(path)
     if found and not force:
         shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
-        raise UserInputError(f"--out {out} already holds similarity results ({shown}); pass --force to overwrite them or choose another --out")
-    partial = out / PARTIAL_DIR
+        raise UserInputError(f"{path} already holds similarity results ({shown}); pass `force=True` to overwrite them "
+                             "or choose another folder", argument="out_dir")
+    partial = path / PARTIAL_DIR
     if partial.is_dir() and any(partial.iterdir()) and not (resume or force):
         raise UserInputError(
-            f"--out {out} holds the checkpoint of an interrupted run ({partial}); pass --resume to continue it "
-            "(same data and options) or --force to discard it and start over"
-        )
-
-
+            f"{path} holds the checkpoint of an interrupted run ({partial}); pass `resume=True` to continue it "
+            "(same data and options) or `force=True` to discard it and start over", argument="out_dir")
+    # what remains of a previous run is accepted now: with force (and no resume) prepare() deletes all of it,
+    # with resume the checkpoint is kept and the results are replaced one by one
+    out = OutputDir(path, COMMAND, force=force and not resume, resume=resume or not force, argument="out_dir")
+    return out.check(outputs)
 def clear_checkpoints(checkpoint_dir: Union[str, os.PathLike]) -> None:
     """Remove a checkpoint folder written by :func:`analyze` (after the results are safely written)."""
     path = Path(checkpoint_dir)
@@ -360,13 +309,13 @@ class SimilarityReport:
             "num_frames": int(self.num_frames),
             "layers": [int(i) for i in self.layers],
             "metrics": {name: _matrix_list(m) for name, m in self.metrics.items()},
-            "blocks": {name: _plain(b) for name, b in self.blocks.items()},
+            "blocks": {name: json_ready(b) for name, b in self.blocks.items()},
             "block_influence": _vector_list(self.block_influence),
         }
         if self.vectors:
             out["vectors"] = {name: _vector_list(v) for name, v in self.vectors.items()}
         if self.metric_options:
-            out["metric_options"] = _plain(self.metric_options)
+            out["metric_options"] = json_ready(self.metric_options)
         return out
 
     @classmethod
@@ -402,42 +351,39 @@ class SimilarityReport:
         frame.index.name = "layer"
         return frame
 
-    def write(self, out_dir: Union[str, os.PathLike], force: bool = False, dpi: int = 120) -> Dict[str, Path]:
+    def write(self, out_dir: Union[str, os.PathLike, OutputDir], force: bool = False, dpi: int = 120) -> Dict[str, Path]:
         """Write ``similarity.json``, ``<metric>.csv`` and ``<metric>.png`` per matrix metric, ``similarity_all.png``
         and ``block_influence.png``; every file atomically, ``similarity.json`` last.
 
         An ``out_dir`` that already holds similarity results is refused unless ``force``; with ``force``
         result files of metrics this report does not have are removed, so the folder is one consistent result.
+        ``out_dir`` may be the :class:`~s3prl_redundancy.io.OutputDir` that :func:`check_output_dir` returned.
         """
         from .plots import plot_all, plot_block_influence, plot_heatmap
 
-        out = Path(out_dir)
-        check_output_dir(out, force=force, resume=True)  # a resumed run's .partial is expected here
-        found = existing_results(out)
-        out.mkdir(parents=True, exist_ok=True)
-        mine = set(_result_names(self.metrics))
-        for stale in found:
+        if isinstance(out_dir, OutputDir):
+            out = out_dir
+        else:  # a resumed run's .partial is expected here
+            out = check_output_dir(out_dir, force=force, resume=True, outputs=result_names(self.metrics))
+        out.prepare()
+        mine = set(result_names(self.metrics))
+        for stale in existing_results(out.path):
             if stale not in mine:
-                (out / stale).unlink()
+                out.remove(stale)
         written: Dict[str, Path] = {}
         blocks = {name: [tuple(b) for b in spec["blocks"]] for name, spec in self.blocks.items() if spec}
         for name, matrix in self.metrics.items():
-            csv = out / f"{name}.csv"
-            _atomic_write_bytes(csv, self.dataframe(name).to_csv().encode())
-            written[f"{name}.csv"] = csv
+            written[f"{name}.csv"] = out.write_bytes(f"{name}.csv", self.dataframe(name).to_csv().encode())
             title = f"{name}: {self.upstream}\n{self.num_utterances} utterances, {self.num_frames} frames"
-            written[f"{name}.png"] = Path(plot_heatmap(matrix, title, out / f"{name}.png", blocks=blocks.get(name), dpi=dpi))
+            written[f"{name}.png"] = Path(plot_heatmap(matrix, title, out.file(f"{name}.png"), blocks=blocks.get(name), dpi=dpi))
         panels: Dict[str, Any] = dict(self.metrics)
         bi = np.array([np.nan if v is None else v for v in self.block_influence], dtype=np.float64)
         if bi.size:
             panels["block_influence"] = bi
-            written[BLOCK_INFLUENCE_FIGURE] = Path(
-                plot_block_influence(bi, out / BLOCK_INFLUENCE_FIGURE, title=f"block influence: {self.upstream}", dpi=dpi)
-            )
-        written[ALL_FIGURE] = Path(plot_all(panels, out / ALL_FIGURE, blocks=blocks, dpi=dpi))
-        text = _dumps_json(self.to_dict()) + "\n"
-        _atomic_write_bytes(out / RESULT_JSON, text.encode())
-        written[RESULT_JSON] = out / RESULT_JSON
+            written[BLOCK_INFLUENCE_FIGURE] = Path(plot_block_influence(
+                bi, out.file(BLOCK_INFLUENCE_FIGURE), title=f"block influence: {self.upstream}", dpi=dpi))
+        written[ALL_FIGURE] = Path(plot_all(panels, out.file(ALL_FIGURE), blocks=blocks, dpi=dpi))
+        written[RESULT_JSON] = out.write_text(RESULT_JSON, dumps_matrix_json(self.to_dict()) + "\n")
         return written
 
 
@@ -468,18 +414,35 @@ def _source_id(path: Optional[Union[str, os.PathLike]]) -> Optional[str]:
     return text if text.startswith(("http://", "https://")) else str(Path(text).resolve())
 
 
+def _run_fingerprint(upstream_name: str, ckpt: Any, model_config: Any, metric_set: "MetricSet", batch_size: int,
+                     ctx: Any, local_data: Any) -> Dict[str, Any]:
+    """What a checkpoint must match to be resumed: the same model, metrics, batching, sharding and data."""
+    return {
+        "upstream": upstream_name,
+        "ckpt": _source_id(ckpt),
+        "ckpt_bytes": Path(ckpt).stat().st_size if ckpt is not None and Path(ckpt).is_file() else None,
+        "model_config": _source_id(model_config),
+        "metrics": metric_set.config(),
+        "batch_size": int(batch_size),
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "data": _dataset_fingerprint(local_data),
+    }
+
+
 def _load_partial(path: Path, fingerprint: Mapping[str, Any], device: torch.device) -> Dict[str, Any]:
     from ..checkpoints import load_checkpoint
 
     state = load_checkpoint(path, what="similarity checkpoint")  # torch.load(weights_only=True)
     if not isinstance(state, dict) or state.get("format") != _PARTIAL_FORMAT or state.get("version") != _PARTIAL_VERSION:
-        raise UserInputError(f"{path} is not a similarity checkpoint of this version; pass --force (without --resume) to start over")
+        raise UserInputError(f"{path} is not a similarity checkpoint of this version; pass `force=True` and run it "
+                             "`resume=False` to start over", argument="resume")
     if state["fingerprint"] != fingerprint:
         diff = sorted(k for k in set(fingerprint) | set(state["fingerprint"]) if fingerprint.get(k) != state["fingerprint"].get(k))
         raise UserInputError(
             f"the checkpoint {path} belongs to a different run (differs in: {', '.join(diff)}); resume with the same "
-            "upstream, checkpoint, data, metrics, options, batch size and number of processes, or pass --force "
-            "(without --resume) to start over"
+            "upstream, checkpoint, data, metrics, options, batch size and number of processes, or pass `force=True` "
+            "and run it `resume=False` to start over", argument="resume"
         )
     for metric_state in state["metrics"].values():
         metric_state["state"] = {k: v.to(device) for k, v in metric_state["state"].items()}
@@ -530,99 +493,31 @@ def analyze(
         shard: under an initialised ``torch.distributed`` group, process only this rank's shard and sync.
         num_workers: DataLoader workers for reading audio (0: in this process).
     """
-    from ..audio import AudioDataset
-    from ..upstream_loading import load_upstream, resolve_device
-    from ..upstream_loading import upstream_name as name_of
-
     ctx = dist_utils.current() if shard else dist_utils.DistContext()
-    dev = resolve_device(device, local_rank=ctx.local_rank if ctx.distributed else None)
-    metric_set = MetricSet(metrics, metric_options)  # validate names and options before loading anything
-    if checkpoint_every is not None and int(checkpoint_every) < 1:
-        raise UserInputError(f"--checkpoint-every must be >= 1 utterance, got {checkpoint_every}")
-    if isinstance(dataset, (str, os.PathLike)):
-        dataset = AudioDataset.from_data(dataset)
-    if isinstance(upstream, str):
-        upstream_name = upstream_name or upstream
-        upstream = load_upstream(upstream, ckpt=ckpt, model_config=model_config, device=dev)
-    else:
-        upstream = upstream.to(dev)
-        upstream.eval()
-    upstream_name = upstream_name or name_of(upstream)
-
+    dev, metric_set, dataset = _validate(device, ctx, metrics, metric_options, checkpoint_every, dataset)
+    upstream, upstream_name = _prepare_upstream(upstream, upstream_name, ckpt, model_config, dev)
     if ctx.distributed:
         local_data, indices = dist_utils.shard_dataset(dataset, ctx.rank, ctx.world_size)
     else:
         local_data, indices = dataset, list(range(len(dataset)))
 
-    position, carried = 0, CollectionStats()
-    save_to: Optional[Path] = None
-    fingerprint: Dict[str, Any] = {}
+    checkpoints = None
     if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        fingerprint = {
-            "upstream": upstream_name,
-            "ckpt": _source_id(ckpt),
-            "ckpt_bytes": Path(ckpt).stat().st_size if ckpt is not None and Path(ckpt).is_file() else None,
-            "model_config": _source_id(model_config),
-            "metrics": metric_set.config(),
-            "batch_size": int(batch_size),
-            "rank": ctx.rank,
-            "world_size": ctx.world_size,
-            "data": _dataset_fingerprint(local_data),
-        }
-        save_to = _checkpoint_path(checkpoint_dir, ctx.rank)
-        error: Optional[UserInputError] = None
+        fingerprint = _run_fingerprint(upstream_name, ckpt, model_config, metric_set, batch_size, ctx, local_data)
+        checkpoints = _Checkpoints(Path(checkpoint_dir), checkpoint_every, fingerprint, ctx, len(local_data))
         if resume:
-            try:
-                if save_to.is_file():
-                    state = _load_partial(save_to, fingerprint, dev)
-                    metric_set.load_state_dict(state["metrics"])
-                    position = int(state["position"])
-                    carried = CollectionStats(int(state["num_utterances"]), int(state["num_frames"]), int(state["num_batches"]))
-                elif checkpoint_dir.is_dir() and any(checkpoint_dir.glob("rank*.pt")):
-                    raise UserInputError(
-                        f"{checkpoint_dir} has no checkpoint for rank {ctx.rank} of {ctx.world_size}; resume with the "
-                        "number of processes that wrote it, or pass --force (without --resume) to start over"
-                    )
-            except UserInputError as e:
-                error = e
-        if not dist_utils.all_ok(error is None):
-            raise error or UserInputError("another rank could not resume its checkpoint (see its message); nothing was computed")
-        if resume and position == 0 and ctx.is_main and not save_to.is_file():
-            print(f"no checkpoint in {checkpoint_dir}: starting from the first utterance", flush=True)
-
-    last_saved = position
-
-    def on_batch_end(pos: int, stats: CollectionStats) -> None:
-        nonlocal last_saved
-        if save_to is None or not checkpoint_every:
-            return
-        if pos - last_saved >= int(checkpoint_every) or pos == len(local_data):
-            from ..checkpoints import atomic_torch_save
-
-            atomic_torch_save(
-                {
-                    "format": _PARTIAL_FORMAT,
-                    "version": _PARTIAL_VERSION,
-                    "fingerprint": fingerprint,
-                    "position": pos,
-                    "num_utterances": carried.num_utterances + stats.num_utterances,
-                    "num_frames": carried.num_frames + stats.num_frames,
-                    "num_batches": carried.num_batches + stats.num_batches,
-                    "metrics": metric_set.state_dict(),
-                },
-                save_to,
-            )
-            last_saved = pos
+            checkpoints.resume(metric_set, dev)
 
     collector = HiddenStateCollector(upstream, [metric_set, *consumers], device=dev, plugin_manager=plugin_manager)
     started = time.perf_counter()
     stats = collector.run(
-        local_data, batch_size=batch_size, indices=indices, start=position, progress=progress and ctx.is_main,
-        on_batch_end=on_batch_end, num_workers=num_workers, description=f"similarity {upstream_name}",
+        local_data, batch_size=batch_size, indices=indices, start=checkpoints.position if checkpoints else 0,
+        progress=progress and ctx.is_main, num_workers=num_workers, description=f"similarity {upstream_name}",
+        on_batch_end=(lambda pos, st: checkpoints.maybe_save(pos, st, metric_set)) if checkpoints else None,
     )
     timings = {"pass": time.perf_counter() - started}
     started = time.perf_counter()
+    carried = checkpoints.carried if checkpoints else CollectionStats()
     num_utterances, num_frames = dist_utils.all_reduce_sum(
         [carried.num_utterances + stats.num_utterances, carried.num_frames + stats.num_frames]
     )
@@ -632,7 +527,8 @@ def analyze(
         if num_frames == 0:
             raise UserInputError(
                 f"no frames to analyse: {num_utterances} utterance(s) gave 0 frames (each needs at least half a frame, "
-                f"{(collector.rate or 320) // 2} samples at 16 kHz); check --data and --max-seconds"
+                f"{(collector.rate or 320) // 2} samples at 16 kHz); check the audio of `dataset` and its length limit",
+                argument="dataset",
             )
         values = metric_set.compute()
     timings["compute"] = time.perf_counter() - started
@@ -641,6 +537,93 @@ def analyze(
     timings["blocks"] = time.perf_counter() - started
     report.timings.update(timings)
     return report
+
+
+def _validate(device: Any, ctx: Any, metrics: Any, metric_options: Any, checkpoint_every: Optional[int],
+              dataset: Any) -> Tuple[torch.device, MetricSet, Any]:
+    """Every cheap check of :func:`analyze`, before any model is loaded: the device, metric names and options,
+    ``checkpoint_every`` and the dataset (a path becomes an ``AudioDataset``)."""
+    from ..audio import AudioDataset
+    from ..upstream_loading import resolve_device
+
+    dev = resolve_device(device, local_rank=ctx.local_rank if ctx.distributed else None)
+    metric_set = MetricSet(metrics, metric_options)
+    if checkpoint_every is not None and int(checkpoint_every) < 1:
+        raise UserInputError(f"must be >= 1 utterance, got {checkpoint_every}", argument="checkpoint_every")
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = AudioDataset.from_data(dataset)
+    return dev, metric_set, dataset
+
+
+def _prepare_upstream(upstream: Any, upstream_name: Optional[str], ckpt: Any, model_config: Any,
+                      dev: torch.device) -> Tuple[Any, str]:
+    """The upstream module in eval mode on ``dev`` (built from a hub name if one is given) and its report name."""
+    from ..upstream_loading import load_upstream
+    from ..upstream_loading import upstream_name as name_of
+
+    if isinstance(upstream, str):
+        upstream_name = upstream_name or upstream
+        upstream = load_upstream(upstream, ckpt=ckpt, model_config=model_config, device=dev)
+    else:
+        upstream = upstream.to(dev)
+        upstream.eval()
+    return upstream, upstream_name or name_of(upstream)
+
+
+class _Checkpoints:
+    """The resume file of one rank (``rank<r>.pt`` in ``folder``): loading it and saving it during the pass.
+
+    ``position`` (the next utterance of this rank's shard) and ``carried`` (the counts of the utterances
+    before it) come from the loaded checkpoint; they are 0 for a fresh run.
+    """
+
+    def __init__(self, folder: Path, every: Optional[int], fingerprint: Dict[str, Any], ctx: Any, total: int) -> None:
+        self.folder, self.every, self.fingerprint, self.ctx, self.total = folder, every, fingerprint, ctx, total
+        self.path = _checkpoint_path(folder, ctx.rank)
+        self.position, self.carried = 0, CollectionStats()
+        self.last_saved = 0
+
+    def resume(self, metric_set: MetricSet, device: torch.device) -> None:
+        """Load this rank's checkpoint into ``metric_set`` (all ranks agree that they could, or all raise)."""
+        error: Optional[UserInputError] = None
+        try:
+            if self.path.is_file():
+                state = _load_partial(self.path, self.fingerprint, device)
+                metric_set.load_state_dict(state["metrics"])
+                self.position = self.last_saved = int(state["position"])
+                self.carried = CollectionStats(int(state["num_utterances"]), int(state["num_frames"]),
+                                               int(state["num_batches"]))
+            elif self.folder.is_dir() and any(self.folder.glob("rank*.pt")):
+                raise UserInputError(
+                    f"{self.folder} has no checkpoint for rank {self.ctx.rank} of {self.ctx.world_size}; resume with the "
+                    "number of processes that wrote it, or pass `force=True` and run it `resume=False` to start over",
+                    argument="resume")
+        except UserInputError as e:
+            error = e
+        if not dist_utils.all_ok(error is None):
+            raise error or UserInputError("another rank could not resume its checkpoint (see its message); nothing "
+                                          "was computed", argument="resume")
+        if self.position == 0 and self.ctx.is_main and not self.path.is_file():
+            print(f"no checkpoint in {self.folder}: starting from the first utterance", flush=True)
+
+    def maybe_save(self, pos: int, stats: CollectionStats, metric_set: MetricSet) -> None:
+        """After a batch: save when ``every`` utterances have passed since the last save, and after the last batch."""
+        if not self.every or not (pos - self.last_saved >= int(self.every) or pos == self.total):
+            return
+        atomic_torch_save(
+            {
+                "format": _PARTIAL_FORMAT,
+                "version": _PARTIAL_VERSION,
+                "fingerprint": self.fingerprint,
+                "position": pos,
+                "num_utterances": self.carried.num_utterances + stats.num_utterances,
+                "num_frames": self.carried.num_frames + stats.num_frames,
+                "num_batches": self.carried.num_batches + stats.num_batches,
+                "metrics": metric_set.state_dict(),
+            },
+            self.path,
+        )
+        self.last_saved = pos
 
 
 def _build_report(metric_set: MetricSet, values: Mapping[str, torch.Tensor], upstream_name: str,

@@ -65,8 +65,9 @@ class NonFiniteHiddenStatesError(UserInputError):
         what = "the transformer input" if layer == 0 else f"the output of transformer layer {layer}"
         super().__init__(
             f"hidden state {layer} ({what}) of utterance {utterance_id!r} (index {utterance_index}) contains {kind}; "
-            "it is the first layer with non-finite values. Check the checkpoint (--ckpt) for NaN/inf weights and the "
-            "audio file for NaN/inf samples, or leave that utterance out of --data. No statistic includes this batch."
+            "it is the first layer with non-finite values. Check the checkpoint (`ckpt`) for NaN/inf weights and the "
+            "audio file for NaN/inf samples, or leave that utterance out of `dataset`. No statistic includes this batch.",
+            argument="dataset",
         )
 
 

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import abc
 import inspect
-import math
-import warnings
 from typing import Any, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
+
+from .functional import (check_frames_for_cka, hsic_debiased, knn_indices, mutual_knn_overlap, normalise_hsic, product_dtype,
+                         raise_non_finite, row_cosine_sum, unit_rows)
 
 __all__ = [
     "LayerSimilarityMetric",
@@ -48,6 +49,8 @@ __all__ = [
     "MutualKNN",
     "BUILTIN_METRICS",
     "build_metrics",
+    "parse_metric_names",
+    "constructor_options",
     "hash_keys",
     "block_influence_from_cosine",
     "product_dtype",
@@ -55,20 +58,6 @@ __all__ = [
 
 _F64 = torch.float64
 _STATE_VERSION = 1
-
-
-def product_dtype(dtype: torch.dtype, products: str = "auto") -> torch.dtype:
-    """The dtype in which a batch's products (dot products, ``X^T X``) are computed.
-
-    ``"auto"``: float64 for float64 inputs, float32 for everything else (float32 hidden
-    states carry 24 bits; a float32 GEMM over a few thousand frames adds a relative error
-    of about 1e-7, below what the inputs hold, at half the cost of float64 on CPUs and far
-    less on GPUs).  ``"float64"``: always float64 (bitwise the most reproducible, slower).
-    Every running sum is float64 either way.
-    """
-    if products not in ("auto", "float64"):
-        raise ValueError(f"products must be 'auto' or 'float64', got {products!r}")
-    return _F64 if products == "float64" or dtype == _F64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------
@@ -390,28 +379,6 @@ class LayerSimilarityMetric(abc.ABC):
 # --------------------------------------------------------------------------------------
 # Cosine similarity and block influence
 # --------------------------------------------------------------------------------------
-def _raise_non_finite(bad: Sequence[int]) -> None:
-    raise ValueError(f"non-finite values (NaN/inf) in layer(s) {list(bad)}; the batch was not added")
-
-
-def _unit_rows(layers: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """Rows scaled to unit L2 norm in ``product_dtype`` (all-zero rows stay zero).
-
-    Raises ``ValueError`` (before any state changes) if a layer has NaN/inf values: they
-    make the row norms non-finite, which is far cheaper to test than every element.
-    """
-    rows, bad = [], []
-    for i, h in enumerate(layers):
-        x = h.to(product_dtype(h.dtype))
-        norms = torch.linalg.vector_norm(x, dim=1)
-        if not bool(torch.isfinite(norms.sum())):
-            bad.append(i)
-        rows.append(x / norms.clamp_min(torch.finfo(x.dtype).tiny)[:, None])
-    if bad:
-        _raise_non_finite(bad)
-    return rows
-
-
 class _SameWidthMixin:
     def _check_dims(self, dims: Tuple[int, ...]) -> None:
         if len(set(dims)) > 1:
@@ -440,7 +407,7 @@ class CosineSimilarity(_SameWidthMixin, LayerSimilarityMetric):
     def _update(self, layers: List[torch.Tensor], keys: torch.Tensor) -> None:
         # unit rows in the product dtype, then one (L, N*D) x (N*D, L) GEMM in float64: cheap (L^2 N D
         # multiply-adds) and free of float32 accumulation over N*D terms
-        flat = torch.stack(_unit_rows(layers)).flatten(1).to(_F64)  # (L, N*D)
+        flat = torch.stack(unit_rows(layers)).flatten(1).to(_F64)  # (L, N*D)
         self._state["cos_sum"].addmm_(flat, flat.T)
         self._state["n"] += layers[0].shape[0]
 
@@ -469,8 +436,8 @@ class BlockInfluence(_SameWidthMixin, LayerSimilarityMetric):
         }
 
     def _update(self, layers: List[torch.Tensor], keys: torch.Tensor) -> None:
-        unit = _unit_rows(layers)
-        sums = torch.stack([(a * b).sum(1).sum(dtype=_F64) for a, b in zip(unit[:-1], unit[1:])])
+        unit = unit_rows(layers)
+        sums = torch.stack([row_cosine_sum(a, b) for a, b in zip(unit[:-1], unit[1:])])
         self._state["cos_sum"] += sums
         self._state["n"] += layers[0].shape[0]
 
@@ -580,7 +547,7 @@ class _LinearKernelStatistics(LayerSimilarityMetric):
         col_sums = x.sum(0, dtype=_F64)  # NaN/inf anywhere in a layer makes its column sums non-finite
         if not bool(torch.isfinite(col_sums).all()):
             finite = [bool(torch.isfinite(col_sums[self._slice(i)]).all()) for i in range(len(layers))]
-            _raise_non_finite([i for i, ok in enumerate(finite) if not ok])
+            raise_non_finite([i for i, ok in enumerate(finite) if not ok])
         pdt = product_dtype(x.dtype, self.products)
         if self._n() == 0:
             # the reference is representable in the product dtype, so x - c is one correctly rounded
@@ -779,26 +746,7 @@ class _LinearKernelStatistics(LayerSimilarityMetric):
         return out
 
     def _linear_cka(self, summary: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return _normalise(summary["frob"], self.name)
-
-
-def _normalise(hsic: torch.Tensor, name: str) -> torch.Tensor:
-    """``hsic_ij / sqrt(hsic_ii hsic_jj)``; NaN (with a warning) for zero-variance layers."""
-    diag = hsic.diagonal().clamp(min=0.0)
-    denom = torch.sqrt(torch.outer(diag, diag))
-    degenerate = diag <= 0
-    out = hsic / torch.where(denom > 0, denom, torch.ones_like(denom))
-    out = out.clamp(-1.0, 1.0)
-    if bool(degenerate.any()):
-        bad = degenerate.nonzero().flatten().tolist()
-        warnings.warn(
-            f"{name}: layer(s) {bad} have no (estimated) variance; their similarities are NaN",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        mask = degenerate[:, None] | degenerate[None, :]
-        out = out.masked_fill(mask, float("nan"))
-    return out
+        return normalise_hsic(summary["frob"], self.name)
 
 
 class LinearCKA(_LinearKernelStatistics):
@@ -812,9 +760,7 @@ class LinearCKA(_LinearKernelStatistics):
     name = "cka"
 
     def _compute(self) -> torch.Tensor:
-        n = self._n()
-        if n < 2:
-            raise ValueError(f"linear CKA needs at least 2 frames to centre the features; got n={n}")
+        check_frames_for_cka(self._n())
         return self._linear_cka(self._centred_summary(quartic=False))
 
 
@@ -837,25 +783,15 @@ class DebiasedLinearCKA(_LinearKernelStatistics):
 
     def _compute(self) -> torch.Tensor:
         n = self._n()
-        if n <= 3:
-            raise ValueError(
-                f"debiased CKA needs at least 4 frames (the unbiased HSIC estimator divides by "
-                f"n(n-3) and (n-2)); got n={n}"
-            )
+        check_frames_for_cka(n, debiased=True)
         summary = self._centred_summary(quartic=True)
-        frob, trace, sqn = summary["frob"], summary["trace"], summary["sqn"]
-        nf = float(n)
-        traces = torch.outer(trace, trace) / ((nf - 1.0) * (nf - 2.0))
-        hsic = (frob - nf / (nf - 2.0) * sqn + traces) / (nf * (nf - 3.0))
-        return _normalise(hsic, self.name)
+        return normalise_hsic(hsic_debiased(summary["frob"], summary["trace"], summary["sqn"], n), self.name)
 
     def compute_biased(self) -> torch.Tensor:
         """Biased linear CKA from the same statistics (equals ``LinearCKA`` on the stream)."""
         if self._layer_dims is None:
             raise RuntimeError("DebiasedLinearCKA: no frames seen; call update() before compute_biased()")
-        n = self._n()
-        if n < 2:
-            raise ValueError(f"linear CKA needs at least 2 frames to centre the features; got n={n}")
+        check_frames_for_cka(self._n())
         with torch.no_grad():
             self._flush()
             return self._linear_cka(self._centred_summary(quartic=False))
@@ -1012,7 +948,7 @@ class MutualKNN(LayerSimilarityMetric):
             buf[slots] = f[chosen].to(buf.dtype)
 
     def _update(self, layers: List[torch.Tensor], keys: torch.Tensor) -> None:
-        unit = _unit_rows(layers)  # validates every frame, sampled or not
+        unit = unit_rows(layers)  # validates every frame, sampled or not
         hashes = hash_keys(keys, self.seed)
         if self._size == self.max_frames:
             # only frames that beat the current largest sampled hash can enter
@@ -1097,35 +1033,17 @@ class MutualKNN(LayerSimilarityMetric):
         self._hashes = tensors["hashes"].clone()
         self._feats = [tensors[f"feat.{i}"].clone() for i in range(len(self._layer_dims))]
 
-    # ---- neighbours -----------------------------------------------------------------
-    def _neighbours(self, z: torch.Tensor) -> torch.Tensor:
-        """Indices ``(m, k)`` of the k most similar other rows, ascending, in chunks."""
-        m = z.shape[0]
-        out = torch.empty(m, self.k, dtype=torch.int64, device=z.device)
-        for start in range(0, m, self.chunk_size):
-            stop = min(m, start + self.chunk_size)
-            sim = z[start:stop] @ z.T  # (chunk, m): the only distance block in memory
-            rows = torch.arange(stop - start, device=z.device)
-            sim[rows, rows + start] = -math.inf  # exclude self-matches
-            out[start:stop] = sim.topk(self.k, dim=1).indices
-        return out.sort(dim=1).values
-
     def _compute(self) -> torch.Tensor:
         _, _, feats = self.sample()
         m = feats[0].shape[0]
         if m <= self.k:
             raise ValueError(f"mutual k-NN with k={self.k} needs at least k+1={self.k + 1} sampled frames; got {m}")
-        nbrs = [self._neighbours(f) for f in feats]
+        nbrs = [knn_indices(f, self.k, self.chunk_size) for f in feats]
         num_layers = len(nbrs)
         out = torch.ones(num_layers, num_layers, dtype=_F64, device=feats[0].device)
         for i in range(num_layers):
             for j in range(i + 1, num_layers):
-                overlap = torch.zeros(m, dtype=torch.int64, device=out.device)
-                for start in range(0, m, self.chunk_size):
-                    a = nbrs[i][start : start + self.chunk_size]
-                    b = nbrs[j][start : start + self.chunk_size]
-                    overlap[start : start + self.chunk_size] = (a[:, :, None] == b[:, None, :]).sum((1, 2))
-                out[i, j] = out[j, i] = overlap.to(_F64).mean() / self.k
+                out[i, j] = out[j, i] = mutual_knn_overlap(nbrs[i], nbrs[j], self.k, self.chunk_size)
         return out
 
 
@@ -1141,27 +1059,48 @@ BUILTIN_METRICS: Dict[str, Type[LayerSimilarityMetric]] = {
 }
 
 
+def parse_metric_names(names: Union[str, Iterable[str]], registry: Dict[str, type], argument: str = "names") -> List[str]:
+    """Requested metric names (a list or a comma-separated string), de-duplicated in order and checked against
+    ``registry``; ``argument`` is the caller's name for them, for the error."""
+    from ..errors import UserInputError
+
+    if isinstance(names, str):
+        names = names.split(",")
+    names = list(dict.fromkeys(n for n in (str(x).strip() for x in names) if n))
+    known = ", ".join(sorted(registry))
+    if not names:
+        raise UserInputError(f"no similarity metric requested; known metrics: {known}", argument=argument)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise UserInputError(
+            f"unknown similarity metric(s) {', '.join(map(repr, unknown))}; known metrics: {known} "
+            "(plugins add more through the s3prl_redundancy_similarity_metrics hook)", argument=argument
+        )
+    return names
+
+
+def constructor_options(cls: type) -> List[str]:
+    """The keyword options a metric class takes (its constructor's parameters)."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+
+
 def build_metrics(names: Union[str, Iterable[str]], **options: Any) -> Dict[str, LayerSimilarityMetric]:
-    """Instantiate metrics by name (a list or a comma-separated string).
+    """Instantiate registered metrics (:func:`s3prl_redundancy.plugins.similarity_metrics`) by name (a list or a
+    comma-separated string).
 
     Each option goes to every requested metric whose constructor accepts it (e.g.
     ``k=5`` to ``mknn``); an option accepted by none of them is an error.
     """
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(dict.fromkeys(names))
-    known = ", ".join(BUILTIN_METRICS)
-    unknown = [n for n in names if n not in BUILTIN_METRICS]
-    if unknown:
-        raise ValueError(f"unknown similarity metric(s) {', '.join(map(repr, unknown))}; known metrics: {known}")
-    if not names:
-        raise ValueError(f"no similarity metric requested; known metrics: {known}")
+    from ..plugins import similarity_metrics
+
+    registry = similarity_metrics()
+    names = parse_metric_names(names, registry)
     metrics: Dict[str, LayerSimilarityMetric] = {}
     used = set()
     accepted = set()
     for n in names:
-        cls = BUILTIN_METRICS[n]
-        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        cls = registry[n]
+        params = set(constructor_options(cls))
         accepted |= params
         kwargs = {k: v for k, v in options.items() if k in params}
         used |= set(kwargs)

@@ -1,9 +1,9 @@
 """Figures of similarity matrices and block-influence vectors (PNG, matplotlib Agg).
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas (no pyplot
-global state, safe in headless and threaded runs) and written atomically: to a temporary
-file in the destination folder, then ``os.replace``, so a reader never sees a half-written
-PNG and a failed write leaves the previous file intact.  Layer 0 is the transformer input,
+global state, safe in headless and threaded runs) and written atomically by
+:func:`s3prl_redundancy.io.save_figure`, so a reader never sees a half-written PNG and a
+failed write leaves the previous file intact.  Layer 0 is the transformer input,
 as in s3prl's hidden states.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -45,25 +44,10 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def save_figure_atomic(fig: Any, path: Union[str, os.PathLike], dpi: int = 120) -> str:
-    """Write ``fig`` as PNG to ``path`` through a temporary file and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=dpi)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``fig`` to ``path`` atomically (:func:`s3prl_redundancy.io.save_figure`); returns the path as a string."""
+    from ..io import save_figure
+
+    return os.fspath(save_figure(fig, path, dpi=dpi))
 
 
 def _draw_heatmap(ax: Any, matrix: np.ndarray, title: str, blocks: BlockSpec, annotate: Optional[bool]) -> Any:

@@ -17,7 +17,7 @@ from s3prl_redundancy.audio import list_audio
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.distill import outputs
 from s3prl_redundancy.distill.sampling import GlobalBatches, shard
-from s3prl_redundancy.distill.synthetic_audio import write_tone_corpus
+from s3prl_redundancy.testing.audio import write_tone_corpus
 from s3prl_redundancy.distill.trainer import DistillConfig, Trainer, TrainingDivergedError, distill, masked_losses
 
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-
 def layer_norm_cnn_teacher(tmp_path_factory):
     """wav2vec 2.0 with a layer-norm CNN (as the large models): a real frame's value does not depend on the
     batch's padding. (The default CNN's GroupNorm normalises over the whole padded time axis, so there it does.)"""
-    from s3prl_redundancy.testing import save_tiny_checkpoint
+    from s3prl_redundancy.testing.models import save_tiny_checkpoint
 
     return save_tiny_checkpoint("wav2vec2", tmp_path_factory.mktemp("ln") / "w2v.pt", extractor_mode="layer_norm")
 

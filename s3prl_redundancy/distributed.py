@@ -125,7 +125,7 @@ def init_from_env(device: Any = "cpu", timeout_s: float = 1800.0) -> DistContext
     backend = backend_for(device)
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise UserInputError("--device cuda under torchrun, but CUDA is not available; use --device cpu (gloo)")
+            raise UserInputError("cuda under torchrun, but CUDA is not available; use cpu (gloo)", argument="device")
         if local >= torch.cuda.device_count():
             raise UserInputError(
                 f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA device(s): start at most that many "

@@ -93,7 +93,3 @@ class TeacherStack(nn.Module):
 def stack_parameters(model: nn.Module) -> int:
     """Parameters of the transformer stack (layers, plus the final layer norm of pre-LN models)."""
     return sum(p.numel() for p in TeacherStack(model, "").parameters())
-
-
-def teacher_hidden_states(expert: nn.Module, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
-    return list(expert(wavs)["hidden_states"])

@@ -307,23 +307,23 @@ class OutputDir:
         marker = self.marker()
         if marker and marker.get("command") != self.command:
             raise UserInputError(
-                f"{self.path} holds the outputs of a `{marker.get('command')}` run, not of `{self.command}`; "
+                f"{self.path} holds the outputs of a \"{marker.get('command')}\" run, not of \"{self.command}\"; "
                 "choose another folder (those files are not this command's to replace)", argument=self.argument)
         previous, foreign = self.previous_outputs(), self.foreign()
         if previous and not (self.force or self.resume):
             raise UserInputError(
-                f"{self.path} already holds the outputs of a previous `{self.command}` run ({_listing(previous)}); "
+                f"{self.path} already holds the outputs of a previous \"{self.command}\" run ({_listing(previous)}); "
                 "pass `force=True` to replace them (nothing else is deleted), or choose another folder",
                 argument=self.argument)
         if foreign and not self.force:
             raise UserInputError(
-                f"{self.path} is not empty and holds files that `{self.command}` did not write ({_listing(foreign)}); "
+                f"{self.path} is not empty and holds files that \"{self.command}\" did not write ({_listing(foreign)}); "
                 "choose a new or empty folder, or pass `force=True` to write beside them (they are never deleted)",
                 argument=self.argument)
         clash = sorted(set(foreign) & set(outputs))
         if clash:
             raise UserInputError(
-                f"{self.path} holds {_listing(clash)}, which `{self.command}` did not write and would overwrite; "
+                f"{self.path} holds {_listing(clash)}, which \"{self.command}\" did not write and would overwrite; "
                 "move them away or choose another folder", argument=self.argument)
         return self
 

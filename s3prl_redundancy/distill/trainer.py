@@ -167,12 +167,7 @@ def check_config(cfg: DistillConfig, world_size: int) -> None:
 def output_dir(cfg: DistillConfig) -> io.OutputDir:
     """``out`` under the project's output policy, checked (including writability); nothing is written yet."""
     out = io.OutputDir(cfg.out, "distill", force=cfg.force, resume=cfg.resume, argument="out")
-    out.check(outputs=outputs.RUN_FILES)
-    if cfg.resume and not (out.path / outputs.STATE).is_file():
-        started = " (the run there stopped before its first checkpoint)" if out.previous_outputs() else ""
-        raise UserInputError(f"{out.path} holds no {outputs.STATE} to resume from{started}; run without `resume` "
-                             "and with `force=True` to start over there, or choose another folder", argument="resume")
-    return out
+    return out.check(outputs=outputs.RUN_FILES, resume_file=outputs.STATE)
 
 
 class Trainer:

@@ -32,7 +32,6 @@ __all__ = [
     "all_reduce_sum",
     "all_ok",
     "barrier",
-    "broadcast_object",
     "cleanup",
 ]
 
@@ -218,17 +217,6 @@ def barrier() -> None:
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
             dist.barrier()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` from rank ``src`` on every rank (picklable objects; no-op without a process group)."""
-    if not _initialized():
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def cleanup(ctx: Optional[DistContext]) -> None:

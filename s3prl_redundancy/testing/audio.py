@@ -12,10 +12,13 @@ layers to differ from frame to frame, and fully determined by the seed.
 from __future__ import annotations
 
 import csv
+from io import StringIO
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from ..io import atomic_write_text
 
 SAMPLE_RATE = 16000
 
@@ -84,11 +87,12 @@ def write_labelled_audio(folder, classes: int = 3, per_class: int = 8, seconds: 
             files.append(path)
             labels.append(name)
     csv_path = folder / "labels.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        for p, l in zip(files, labels):
-            writer.writerow([str(p.relative_to(folder)), l])
+    buffer = StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label"])
+    for p, l in zip(files, labels):
+        writer.writerow([str(p.relative_to(folder)), l])
+    atomic_write_text(csv_path, buffer.getvalue())
     return {"files": files, "labels": labels, "csv": csv_path}
 
 

@@ -8,7 +8,7 @@ weights, downloaded by s3prl's own downloader; ``--ckpt`` replaces them with a l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn

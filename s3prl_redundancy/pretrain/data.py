@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import (DISTILL_HIDDEN, KEEP, LAYERS, LOW_RANK, SAMPLE_RATE, SECONDS, VARIANTS, record_context,
+from s3prl_redundancy.testing.benchmarks import (DISTILL_HIDDEN, KEEP, LAYERS, LOW_RANK, SAMPLE_RATE, SECONDS, VARIANTS, record_context,
                       record_ratios)
 
 MAC_TOLERANCE = 0.005

@@ -25,7 +25,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import (DISTILL_ARCH, DISTILL_HIDDEN, ROUNDS, SECONDS, median, perturbed_student, record_context,
+from s3prl_redundancy.testing.benchmarks import (DISTILL_ARCH, DISTILL_HIDDEN, ROUNDS, SECONDS, median, perturbed_student, record_context,
                       record_ratios, round_ratios, waveforms)
 from s3prl_redundancy.compression.cost import count_module_parameters, macs, time_rounds
 
@@ -107,7 +107,7 @@ def test_whole_upstream(benchmark, base_upstream, students):
 @pytest.fixture(scope="module")
 def trainers(base_ckpt, tmp_path_factory):
     """An uncached and a cached-teacher trainer on ``2 * TRAIN_BATCH`` tone utterances of ``SECONDS``."""
-    from s3prl_redundancy.distill.synthetic_audio import write_tone_corpus
+    from s3prl_redundancy.testing.audio import write_tone_corpus
     from s3prl_redundancy.distill.trainer import DistillConfig, Trainer
 
     root = tmp_path_factory.mktemp("distill_bench")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (KEEP, LAYERS, ROUNDS, SECONDS, device_params, median, record_context, record_ratios,
+from s3prl_redundancy.testing.benchmarks import (KEEP, LAYERS, ROUNDS, SECONDS, device_params, median, record_context, record_ratios,
                       round_ratios, waveforms)
 from s3prl_redundancy.compression.cost import time_rounds
 

@@ -12,7 +12,7 @@
 (b) Peak resident memory (VmHWM) of a whole analysis at N ~ 2k and 10N ~ 20k frames of the tiny model, each in
     a fresh process (mknn's reservoir set to 1,024 frames, so that it is full at N as well; it holds
     ``max_frames * sum(D_l) * 4`` bytes whatever the number of frames).
-(c) Exact streaming CKA (``LinearCKA``) versus ``gram_reference.minibatch_cka`` (Gram CKA on minibatches
+(c) Exact streaming CKA (``LinearCKA``) versus ``testing.oracles.minibatch_cka`` (Gram CKA on minibatches
     of 128 frames, as public tools compute it: the mean of per-minibatch CKA, and debiased HSIC summed
     over minibatches) at 10k and 100k frames of two correlated 256-dim representations: time, and
     absolute error against the exact value in float64 (10k: centred n x n Gram matrices; 100k: the
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import record_context, record_ratios
+from s3prl_redundancy.testing.benchmarks import record_context, record_ratios
 
 pytestmark = pytest.mark.benchmark(group="similarity", disable_gc=True, warmup=False)
 
@@ -60,7 +60,7 @@ class SyntheticSpeech:
 
 
 def _checkpoint(kind: str, folder: Path) -> Path:
-    from s3prl_redundancy.testing import BASE_OVERRIDES, save_tiny_checkpoint
+    from s3prl_redundancy.testing.models import BASE_OVERRIDES, save_tiny_checkpoint
 
     if kind == "tiny":  # the embedded default model (trained weights)
         from s3prl_redundancy.upstreams.tiny.expert import DEFAULT_CKPT
@@ -262,7 +262,7 @@ def _exact_gram(x: torch.Tensor, y: torch.Tensor, rows: int = 2000) -> float:
 
 @pytest.mark.parametrize("n", [10_000, 100_000])
 def test_exact_streaming_cka_vs_minibatch_gram_cka(benchmark, n):
-    from s3prl_redundancy.similarity import gram_reference as ref
+    from s3prl_redundancy.testing import oracles as ref
     from s3prl_redundancy.similarity.metrics import LinearCKA
 
     x, y = _pair(n)

@@ -32,7 +32,6 @@ __all__ = [
     "all_reduce_sum",
     "all_ok",
     "barrier",
-    "broadcast_object",
     "cleanup",
 ]
 
@@ -125,7 +124,7 @@ def init_from_env(device: Any = "cpu", timeout_s: float = 1800.0) -> DistContext
     backend = backend_for(device)
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise UserInputError("--device cuda under torchrun, but CUDA is not available; use --device cpu (gloo)")
+            raise UserInputError("cuda under torchrun, but CUDA is not available; use cpu (gloo)", argument="device")
         if local >= torch.cuda.device_count():
             raise UserInputError(
                 f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA device(s): start at most that many "
@@ -218,17 +217,6 @@ def barrier() -> None:
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
             dist.barrier()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` from rank ``src`` on every rank (picklable objects; no-op without a process group)."""
-    if not _initialized():
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def cleanup(ctx: Optional[DistContext]) -> None:

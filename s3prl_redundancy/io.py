@@ -294,11 +294,14 @@ class OutputDir:
         return sorted(e.name for e in self.path.iterdir() if e.name not in ours and not _TEMP_RE.match(e.name))
 
     # -- policy ----------------------------------------------------------------------------------
-    def check(self, outputs: Iterable[str] = ()) -> "OutputDir":
+    def check(self, outputs: Iterable[str] = (), resume_file: Optional[str] = None) -> "OutputDir":
         """Validate the folder before any heavy work; creates and changes nothing.
 
         ``outputs`` are names this run will write where known in advance: with ``force``, a file of
-        someone else's under one of those names is refused rather than overwritten.
+        someone else's under one of those names is refused rather than overwritten. ``resume_file`` (for
+        resumable commands) is the file a resumed run continues from: a previous run that has it is refused
+        naming both `` `resume=True` `` and `` `force=True` ``, and ``resume`` without it is refused naming
+        `` `force=True` `` (an earlier run that stopped before writing it is no dead end).
         """
         if self.force and self.resume:
             raise UserInputError("`force` and `resume` contradict each other: `resume` continues the run in this "
@@ -307,25 +310,40 @@ class OutputDir:
         marker = self.marker()
         if marker and marker.get("command") != self.command:
             raise UserInputError(
-                f"{self.path} holds the outputs of a `{marker.get('command')}` run, not of `{self.command}`; "
+                f"{self.path} holds the outputs of a \"{marker.get('command')}\" run, not of \"{self.command}\"; "
                 "choose another folder (those files are not this command's to replace)", argument=self.argument)
         previous, foreign = self.previous_outputs(), self.foreign()
+        if resume_file is not None:
+            self._check_resumable(resume_file, previous)
         if previous and not (self.force or self.resume):
             raise UserInputError(
-                f"{self.path} already holds the outputs of a previous `{self.command}` run ({_listing(previous)}); "
+                f"{self.path} already holds the outputs of a previous \"{self.command}\" run ({_listing(previous)}); "
                 "pass `force=True` to replace them (nothing else is deleted), or choose another folder",
                 argument=self.argument)
         if foreign and not self.force:
             raise UserInputError(
-                f"{self.path} is not empty and holds files that `{self.command}` did not write ({_listing(foreign)}); "
+                f"{self.path} is not empty and holds files that \"{self.command}\" did not write ({_listing(foreign)}); "
                 "choose a new or empty folder, or pass `force=True` to write beside them (they are never deleted)",
                 argument=self.argument)
         clash = sorted(set(foreign) & set(outputs))
         if clash:
             raise UserInputError(
-                f"{self.path} holds {_listing(clash)}, which `{self.command}` did not write and would overwrite; "
+                f"{self.path} holds {_listing(clash)}, which \"{self.command}\" did not write and would overwrite; "
                 "move them away or choose another folder", argument=self.argument)
         return self
+
+    def _check_resumable(self, resume_file: str, previous: Sequence[str]) -> None:
+        if self.resume and resume_file not in previous:
+            stopped = " (the run there stopped before writing it)" if previous else ""
+            raise UserInputError(
+                f"{self.path} holds no {resume_file} of a previous \"{self.command}\" run to resume from{stopped}; "
+                "run it `resume=False` to start a new run there (with `force=True` to replace an earlier attempt), "
+                "or choose another folder", argument="resume")
+        if resume_file in previous and not (self.force or self.resume):
+            raise UserInputError(
+                f"{self.path} already holds a previous \"{self.command}\" run ({_listing(previous)}); pass "
+                "`resume=True` to continue it, `force=True` to delete it and start over (nothing else is deleted), "
+                "or choose another folder", argument=self.argument)
 
     def prepare(self) -> Path:
         """Create the folder; with ``force``, delete the outputs of this command's previous run (only those).

@@ -18,9 +18,11 @@ from s3prl_redundancy.compression.bridges import (
 from s3prl_redundancy.compression.compress import compress
 from s3prl_redundancy.compression.strategies import Target, build_strategy, plan_layers
 from s3prl_redundancy.compression.structure import LinearBridge, make_upstream
-from s3prl_redundancy.compression.synthetic import make_identity_layers, write_labelled_audio
+from s3prl_redundancy.testing.audio import write_labelled_audio
+from s3prl_redundancy.testing.models import make_identity_layers
 from s3prl_redundancy.errors import UserInputError
-from s3prl_redundancy.testing import build_checkpoint, random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
+from s3prl_redundancy.testing.models import build_checkpoint
 
 
 

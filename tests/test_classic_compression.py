@@ -19,10 +19,10 @@ from s3prl_redundancy.compression.head_pruning import (
 )
 from s3prl_redundancy.compression.low_rank import factorise, low_rank_model, parse_modules, rank_for_energy
 from s3prl_redundancy.compression.magnitude import NOTE, magnitude_prune
-from s3prl_redundancy.compression.synthetic import write_labelled_audio
+from s3prl_redundancy.testing.audio import write_labelled_audio
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
-from s3prl_redundancy.testing import random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
 
 
 FAMS = ("hubert", "wav2vec2", "wavlm")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from s3prl_redundancy.cli import main
-from s3prl_redundancy.testing import random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
 
 
 def test_prune_writes_checkpoint_and_manifest_loadable_by_s3prl(tiny_ckpts, tmp_path, capsys):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_python
+from s3prl_redundancy.testing.processes import run_python
 
 pytestmark = [
     pytest.mark.slow,

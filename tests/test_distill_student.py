@@ -19,7 +19,8 @@ from s3prl_redundancy.distill.student import Student, load_student, parse_target
 from s3prl_redundancy.distill.teacher import TeacherStack
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
-from s3prl_redundancy.testing import build_checkpoint, random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
+from s3prl_redundancy.testing.models import build_checkpoint
 
 FAMS = ("hubert", "wav2vec2", "wavlm")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread

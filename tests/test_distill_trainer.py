@@ -17,7 +17,7 @@ from s3prl_redundancy.audio import list_audio
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.distill import outputs
 from s3prl_redundancy.distill.sampling import GlobalBatches, shard
-from s3prl_redundancy.distill.synthetic_audio import write_tone_corpus
+from s3prl_redundancy.testing.audio import write_tone_corpus
 from s3prl_redundancy.distill.trainer import DistillConfig, Trainer, TrainingDivergedError, distill, masked_losses
 
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-
 def layer_norm_cnn_teacher(tmp_path_factory):
     """wav2vec 2.0 with a layer-norm CNN (as the large models): a real frame's value does not depend on the
     batch's padding. (The default CNN's GroupNorm normalises over the whole padded time axis, so there it does.)"""
-    from s3prl_redundancy.testing import save_tiny_checkpoint
+    from s3prl_redundancy.testing.models import save_tiny_checkpoint
 
     return save_tiny_checkpoint("wav2vec2", tmp_path_factory.mktemp("ln") / "w2v.pt", extractor_mode="layer_norm")
 
@@ -100,7 +100,7 @@ def test_cached_teacher_features_equal_the_teacher_and_the_estimate(corpus, tiny
 
 
 def test_cache_over_the_limit_is_refused(corpus, tiny_ckpts, tmp_path):
-    with pytest.raises(UserInputError, match=r"would write 0\.\d+ GB \(12 utterances, \d+ frames x 5 layers x 32 dims .* over --cache-max-gb 1e-06"):
+    with pytest.raises(UserInputError, match=r"cache_teacher: the cache would take 0\.\d+ GB \(12 utterances, \d+ frames x 5 layers x 32 dims .* over `cache_max_gb=1e-06`"):
         distill(config(tiny_ckpts["hubert"], corpus, tmp_path / "run", family="hubert", cache_teacher=True, cache_max_gb=1e-6))
 
 
@@ -247,21 +247,72 @@ def test_nan_loss_before_any_checkpoint_says_so(corpus, tiny_ckpts, tmp_path, mo
 
     original = trainer_module.masked_losses
     monkeypatch.setattr(trainer_module, "masked_losses", lambda *a, **k: original(*a, **k) * float("inf"))
-    with pytest.raises(TrainingDivergedError, match="loss is inf at step 1 .*no checkpoint was written yet"):
+    with pytest.raises(TrainingDivergedError, match="loss is inf at step 1 .*no checkpoint was written yet.*`force=True`"):
         distill(config(tiny_ckpts["hubert"], corpus, tmp_path / "run", family="hubert"))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_no_dead_end(corpus, tiny_ckpts, tmp_path, monkeypatch):
+    """Its header-only train_log.csv is refused with and without `resume`; both refusals name `force=True`,
+    which then works."""
+    import s3prl_redundancy.distill.trainer as trainer_module
+
+    out = tmp_path / "run"
+    original = trainer_module.masked_losses
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "masked_losses", lambda *a, **k: original(*a, **k) * float("inf"))
+        with pytest.raises(TrainingDivergedError):
+            distill(config(tiny_ckpts["hubert"], corpus, out, family="hubert"))
+    assert (out / outputs.LOG).exists() and not (out / outputs.STATE).exists()
+    with pytest.raises(UserInputError, match="train_log.csv.*`force=True`"):
+        distill(config(tiny_ckpts["hubert"], corpus, out, family="hubert"))
+    with pytest.raises(UserInputError, match="resume: .*no checkpoint.pt .*stopped before writing it.*"
+                                             "`resume=False` to start a new run there \\(with `force=True`") as err:
+        distill(config(tiny_ckpts["hubert"], corpus, out, family="hubert", resume=True))
+    assert "without --resume to start a new run there (with --force" in err.value.render()
+    distill(config(tiny_ckpts["hubert"], corpus, out, family="hubert", steps=2, force=True))
+    assert len(read_log(out)) == 2
+
+
+def test_force_never_replaces_another_commands_files(corpus, tiny_ckpts, tmp_path):
+    """A prune folder (its marker says so) is refused even with `force`; so is a manifest.json of unknown origin."""
+    from s3prl_redundancy.io import OutputDir
+
+    pruned = tmp_path / "pruned"
+    OutputDir(pruned, "prune").write_json("manifest.json", {"what": "a pruned model"})
+    with pytest.raises(UserInputError, match='outputs of a "prune" run, not of "distill"'):
+        distill(config(tiny_ckpts["hubert"], corpus, pruned, family="hubert", steps=1, force=True))
+    assert json.loads((pruned / "manifest.json").read_text()) == {"what": "a pruned model"}
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "manifest.json").write_text("{}")
+    with pytest.raises(UserInputError, match='holds manifest.json, which "distill" did not write'):
+        distill(config(tiny_ckpts["hubert"], corpus, unknown, family="hubert", steps=1, force=True))
+    assert (unknown / "manifest.json").read_text() == "{}"
+
+
+def test_an_out_that_cannot_be_created_is_refused_before_any_work(corpus, tiny_ckpts, tmp_path, monkeypatch):
+    import s3prl_redundancy.distill.trainer as trainer_module
+
+    built = []
+    monkeypatch.setattr(trainer_module.Trainer, "_build_models", lambda self: built.append(1))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserInputError, match="out: .*cannot be created: .*a_file is a file"):
+        distill(config(tiny_ckpts["hubert"], corpus, blocker / "run", family="hubert"))
+    assert not built
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(teacher="bert"), "unknown teacher 'bert'; use one of: hubert, hubert_local"),
-        (dict(ckpt=None), "--teacher wav2vec2_local needs --ckpt PATH"),
-        (dict(teacher="hubert_local"), "is a wav2vec2 checkpoint, not hubert; use --teacher wav2vec2_local --ckpt"),
-        (dict(targets="2,9"), r"--targets \[9\] out of range: the teacher has 4 transformer layers"),
-        (dict(steps=0), "--steps must be at least 1"),
-        (dict(heldout=12), "--heldout 12: --data has 12 utterances"),
-        (dict(resume=True), "holds no checkpoint.pt to resume from"),
-        (dict(resume=True, force=True), "--resume and --force contradict each other"),
+        (dict(teacher="bert"), "teacher: unknown teacher 'bert'; use one of: hubert, hubert_local"),
+        (dict(ckpt=None), "teacher: wav2vec2_local needs `ckpt`"),
+        (dict(teacher="hubert_local"), "ckpt: .* is a wav2vec2 checkpoint, not hubert; use `teacher=wav2vec2_local`"),
+        (dict(targets="2,9"), r"targets: \[9\] out of range: the teacher has 4 transformer layers"),
+        (dict(steps=0), "steps: must be at least 1"),
+        (dict(heldout=12), "heldout: 12: `data` has 12 utterances"),
+        (dict(resume=True), "resume: .* holds no checkpoint.pt .*to resume from"),
+        (dict(resume=True, force=True), "`force` and `resume` contradict each other"),
     ],
 )
 def test_bad_input_is_refused_before_writing(overrides, message, corpus, tiny_ckpts, tmp_path):
@@ -274,15 +325,17 @@ def test_bad_input_is_refused_before_writing(overrides, message, corpus, tiny_ck
 def test_output_folder_of_another_run_is_refused_resumed_or_replaced(corpus, tiny_ckpts, tmp_path):
     out = tmp_path / "run"
     distill(config(tiny_ckpts["wav2vec2"], corpus, out, steps=2))
-    (out / "notes.txt").write_text("mine")
     before = (out / outputs.STUDENT).read_bytes()
-    with pytest.raises(UserInputError, match="already holds a distillation run .*student.pt.*pass --resume .* --force"):
+    with pytest.raises(UserInputError, match='already holds a previous "distill" run .*student.pt.*`resume=True` to continue it, `force=True`'):
         distill(config(tiny_ckpts["wav2vec2"], corpus, out, steps=2))
     assert (out / outputs.STUDENT).read_bytes() == before
-    with pytest.raises(UserInputError, match=r"other settings \(lr: checkpoint 0.001 vs now 0.01\)"):
+    with pytest.raises(UserInputError, match=r"other settings \(lr: checkpoint 0.001 vs now 0.01\).*`force=True`"):
         distill(config(tiny_ckpts["wav2vec2"], corpus, out, steps=4, lr=0.01, resume=True))
-    with pytest.raises(UserInputError, match="checkpoint is at step 2, beyond --steps 1"):
+    with pytest.raises(UserInputError, match="checkpoint is at step 2, beyond `steps=1`"):
         distill(config(tiny_ckpts["wav2vec2"], corpus, out, steps=1, resume=True))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserInputError, match='files that "distill" did not write \\(notes.txt\\)'):
+        distill(config(tiny_ckpts["wav2vec2"], corpus, out, steps=4, resume=True))
     distill(config(tiny_ckpts["wav2vec2"], corpus, out, steps=3, lr=0.01, force=True, targets="4"))
     assert len(read_log(out)) == 3 and read_log(out)[0].keys() == {"step", "loss", "loss_layer4", "seconds"}
     assert (out / "notes.txt").read_text() == "mine"  # --force deletes only this tool's files
@@ -326,7 +379,7 @@ def test_family_name_means_s3prls_default_weights(family, corpus, tiny_ckpts, tm
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
 def test_cuda_without_a_gpu_is_refused(corpus, tiny_ckpts, tmp_path):
-    with pytest.raises(UserInputError, match="--device cuda: no CUDA device"):
+    with pytest.raises(UserInputError, match="device: cuda: no CUDA device"):
         distill(config(tiny_ckpts["wav2vec2"], corpus, tmp_path / "run", device="cuda"))
 
 
@@ -355,7 +408,8 @@ def test_cli_writes_every_output(corpus, tiny_ckpts, tmp_path, capsys):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
 
     assert main(args) == 2  # a second run into the same folder is refused
-    assert "already holds a distillation run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--out: " in err and 'already holds a previous "distill" run' in err and "pass --resume to continue it, --force" in err
 
     again = tmp_path / "again"
     assert report_main(["--student", str(out / "student.pt"), "--out", str(again), "--repeats", "1"]) == 0

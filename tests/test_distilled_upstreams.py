@@ -8,7 +8,8 @@ import torch
 
 from s3prl_redundancy.distill.student import Student, save_student, teacher_configs
 from s3prl_redundancy.errors import UserInputError
-from s3prl_redundancy.testing import build_checkpoint, random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
+from s3prl_redundancy.testing.models import build_checkpoint
 from s3prl_redundancy.upstreams.distilled.hubconf import distilled_hubert, distilled_wav2vec2, distilled_wavlm
 
 FAMS = ("hubert", "wav2vec2", "wavlm")

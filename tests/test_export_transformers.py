@@ -12,7 +12,8 @@ from s3prl_redundancy.compression.export_transformers import build_hf_model, com
 from s3prl_redundancy.compression.head_pruning import prune_heads
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.layer_pruning import prune_checkpoint
-from s3prl_redundancy.testing import build_checkpoint, random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
+from s3prl_redundancy.testing.models import build_checkpoint
 
 CLASSES = {"hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model", "wavlm": "WavLMModel"}
 LARGE_STYLE = dict(layer_norm_first=True, extractor_mode="layer_norm", conv_bias=True)

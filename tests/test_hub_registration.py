@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from conftest import run_python
+from s3prl_redundancy.testing.processes import run_python
 from s3prl_redundancy import plugins
 from s3prl_redundancy.hub_registration import register
 

@@ -95,7 +95,7 @@ def test_short_run_learns_and_resume_is_exact(tmp_path):
 
     part = train(_small_cfg(), tmp_path / "part", data_dir=data_dir, stop_after=10, log=lambda m: None)
     assert len(part["history"]) == 10
-    with pytest.raises(UserInputError, match="--resume"):
+    with pytest.raises(UserInputError, match="out: .*a previous \"pretrain-tiny\" run .*`resume=True`"):
         train(_small_cfg(), tmp_path / "part", data_dir=data_dir, log=lambda m: None)
     with pytest.raises(UserInputError, match="different configuration"):
         train(_small_cfg(lr=1e-3, steps=None), tmp_path / "part", data_dir=data_dir, resume=True, log=lambda m: None)
@@ -119,7 +119,7 @@ def test_lr_schedule_and_argument_errors(tmp_path):
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 1e-5
     with pytest.raises(UserInputError, match="no train_state.pt"):
         train(_small_cfg(), tmp_path / "none", resume=True, log=lambda m: None)
-    with pytest.raises(UserInputError, match="--steps N or --minutes M"):
+    with pytest.raises(UserInputError, match="steps: give `steps` or `minutes`"):
         train(_small_cfg(steps=None), tmp_path / "none", log=lambda m: None)
 
 
@@ -174,7 +174,30 @@ def test_cli_target_options_are_checked(tmp_path):
         pretrain_tiny.run(args)
     (tmp_path / "it1.pt").write_bytes(b"x")
     args = parser.parse_args(["--out", str(tmp_path / "o"), "--steps", "5", "--targets-from", str(tmp_path / "it1.pt"), "--no-cmn"])
-    with pytest.raises(UserInputError, match="--no-cmn"):
+    with pytest.raises(UserInputError, match="no_cmn: .*`targets_from`"):
         pretrain_tiny.run(args)
-    with pytest.raises(UserInputError, match="--clusters"):
+    with pytest.raises(UserInputError, match="clusters: must be at least 2"):
         pretrain_tiny.run(parser.parse_args(["--out", str(tmp_path / "o"), "--steps", "5", "--clusters", "1"]))
+
+
+def test_out_follows_the_output_policy_before_any_work(tmp_path, monkeypatch):
+    """Another command's folder is refused even with `force`; `resume` without a state names `force=True`;
+    nothing is synthesised or trained first."""
+    import s3prl_redundancy.pretrain.train as train_module
+    from s3prl_redundancy.io import OutputDir
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the output folder was checked")
+
+    monkeypatch.setattr(train_module, "prepare_corpus", no_work)
+    pruned = tmp_path / "pruned"
+    OutputDir(pruned, "prune").write_json("manifest.json", {"what": "a pruned model"})
+    with pytest.raises(UserInputError, match='out: .*outputs of a "prune" run, not of "pretrain-tiny"'):
+        train_module.train(_small_cfg(), pruned, force=True, log=lambda m: None)
+    assert (pruned / "manifest.json").exists()
+    attempt = tmp_path / "attempt"
+    OutputDir(attempt, "pretrain-tiny").write_text(train_module.HISTORY, "{}")  # an earlier run, no state yet
+    with pytest.raises(UserInputError, match="resume: .*no train_state.pt .*stopped before writing it.*`force=True`"):
+        train_module.train(_small_cfg(), attempt, resume=True, log=lambda m: None)
+    with pytest.raises(UserInputError, match="out: .*history.json.*`force=True`"):
+        train_module.train(_small_cfg(), attempt, log=lambda m: None)

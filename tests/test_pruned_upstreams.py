@@ -11,7 +11,7 @@ from s3prl_redundancy.checkpoints import load_checkpoint
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
 from s3prl_redundancy.layer_pruning import META_KEY, prune_checkpoint
-from s3prl_redundancy.testing import random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
 from s3prl_redundancy.upstreams.pruned.hubconf import pruned_hubert, pruned_wav2vec2, pruned_wavlm
 
 ENTRIES = {"hubert": pruned_hubert, "wav2vec2": pruned_wav2vec2, "wavlm": pruned_wavlm}

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import RECIPES, run_python
+from s3prl_redundancy.testing.processes import RECIPES, run_python
 from s3prl_redundancy.tfevents import read_dir_scalars
 
 

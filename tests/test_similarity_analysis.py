@@ -14,7 +14,7 @@ import torch.nn as nn
 from s3prl_redundancy.hookspecs import hookimpl
 from s3prl_redundancy.io import MARKER
 from s3prl_redundancy.plugins import get_plugin_manager
-from s3prl_redundancy.similarity import gram_reference as ref
+from s3prl_redundancy.testing import oracles as ref
 from s3prl_redundancy.similarity.analysis import MetricSet, SimilarityReport, analyze
 from s3prl_redundancy.similarity.blocks import find_blocks
 from s3prl_redundancy.similarity.collector import (
@@ -24,7 +24,7 @@ from s3prl_redundancy.similarity.collector import (
     frame_counts,
 )
 from s3prl_redundancy.similarity.metrics import CosineSimilarity, LinearCKA
-from s3prl_redundancy.testing import random_wavs
+from s3prl_redundancy.testing.audio import random_wavs
 
 F64 = torch.float64
 LENGTHS = (16000, 12345, 8100, 5000, 14321)  # round(len/320): 50, 39, 25, 16, 45 frames

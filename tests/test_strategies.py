@@ -21,10 +21,11 @@ from s3prl_redundancy.compression import strategies as S
 from s3prl_redundancy.compression.cost import LayerCostModel, parameter_counts
 from s3prl_redundancy.compression.statistics import LayerStatistics, collect_statistics, frame_counts, load_labels
 from s3prl_redundancy.compression.structure import make_upstream
-from s3prl_redundancy.compression.synthetic import make_identity_layers, write_labelled_audio
+from s3prl_redundancy.testing.audio import write_labelled_audio
+from s3prl_redundancy.testing.models import make_identity_layers
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.layer_pruning import prune_checkpoint
-from s3prl_redundancy.testing import build_checkpoint
+from s3prl_redundancy.testing.models import build_checkpoint
 
 
 

@@ -55,7 +55,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def superb_run(corpus, tmp_path_factory):
-    from s3prl_redundancy.testing import save_tiny_checkpoint
+    from s3prl_redundancy.testing.models import save_tiny_checkpoint
 
     work = tmp_path_factory.mktemp("superb_e2e")
     ckpt = save_tiny_checkpoint("hubert", work / "hubert.pt", num_layers=4, seed=0)

@@ -12,10 +12,11 @@ from s3prl_redundancy.checkpoints import load_checkpoint
 from s3prl_redundancy.cli import main
 from s3prl_redundancy.compression.statistics import load_labels
 from s3prl_redundancy.compression.sweep import LinearProbeEvaluator, ModelFeatures, probe_split, run_sweep
-from s3prl_redundancy.compression.synthetic import make_identity_layers, write_labelled_audio
+from s3prl_redundancy.testing.audio import write_labelled_audio
+from s3prl_redundancy.testing.models import make_identity_layers
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
-from s3prl_redundancy.testing import build_checkpoint
+from s3prl_redundancy.testing.models import build_checkpoint
 
 
 @pytest.fixture(scope="module")

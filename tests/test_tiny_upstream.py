@@ -12,7 +12,7 @@ import torch
 
 from s3prl_redundancy.errors import UserInputError
 
-from conftest import run_python
+from s3prl_redundancy.testing.processes import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "upstreams" / "tiny" / "tiny_hubert.pt"
@@ -62,7 +62,7 @@ def test_tiny_hubert_loads_without_k_in_a_fresh_process(tmp_path):
 def test_k_overrides_the_shipped_checkpoint(tmp_path):
     import s3prl.hub as hub
 
-    from s3prl_redundancy.testing import save_tiny_checkpoint
+    from s3prl_redundancy.testing.models import save_tiny_checkpoint
 
     path = save_tiny_checkpoint("hubert", tmp_path / "other.pt", num_layers=2)
     up = hub.tiny_hubert(ckpt=str(path)).eval()

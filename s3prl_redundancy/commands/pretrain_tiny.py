@@ -30,6 +30,8 @@ def plot_history(history, evals, path) -> None:
     """A small PNG: training loss (smoothed) and masked accuracy (train, validation)."""
     import matplotlib
 
+    from ..io import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -51,14 +53,7 @@ def plot_history(history, evals, path) -> None:
     a2.set_ylabel("accuracy")
     a2.legend(fontsize=7)
     fig.tight_layout()
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run(args) -> int:
@@ -66,18 +61,18 @@ def run(args) -> int:
 
     from ..errors import UserInputError
     from ..pretrain.data import DataConfig
-    from ..pretrain.train import TrainConfig, train
+    from ..pretrain.train import CURVE, TrainConfig, train
 
     if args.steps is not None and args.steps < 1:
-        raise UserInputError(f"--steps must be positive, got {args.steps}")
+        raise UserInputError(f"must be positive, got {args.steps}", argument="steps")
     if args.stop_after is not None and args.stop_after < 1:
-        raise UserInputError(f"--stop-after must be positive, got {args.stop_after}")
+        raise UserInputError(f"must be positive, got {args.stop_after}", argument="stop_after")
     if args.clusters < 2:
-        raise UserInputError(f"--clusters must be at least 2, got {args.clusters}")
+        raise UserInputError(f"must be at least 2, got {args.clusters}", argument="clusters")
     if args.minutes is not None and args.minutes <= 0:
-        raise UserInputError(f"--minutes must be positive, got {args.minutes}")
+        raise UserInputError(f"must be positive, got {args.minutes}", argument="minutes")
     if args.targets_from is not None and args.no_cmn:  # train() checks the file and hashes it
-        raise UserInputError("--no-cmn applies to MFCC targets; it cannot be combined with --targets-from")
+        raise UserInputError("applies to MFCC targets; it cannot be combined with `targets_from`", argument="no_cmn")
     cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
                       checkpoint_every=args.checkpoint_every, mfcc_cmn=not args.no_cmn, n_clusters=args.clusters,
                       targets_from=args.targets_from, target_layer=args.target_layer,
@@ -85,7 +80,7 @@ def run(args) -> int:
     result = train(cfg, args.out, data_dir=args.data_dir, device=args.device, resume=args.resume, force=args.force,
                    stop_after=args.stop_after, log=lambda m: print(m, flush=True))
     if result["history"]:
-        plot_history(result["history"], result["evals"], Path(args.out) / "loss_curve.png")
+        plot_history(result["history"], result["evals"], Path(args.out) / CURVE)
     last = result["evals"][-1] if result["evals"] else {}
     print(json.dumps({"checkpoint": result["checkpoint"], "steps": result["step"], "total_steps": result["total_steps"],
                       "train_seconds": round(result["seconds"], 1), "final_loss": result["history"][-1]["loss"] if result["history"] else None,

@@ -42,7 +42,8 @@ class StudyPlan:
             return {"entry": "hubert_local", "ckpt": resolve_ckpt(None)}
         if self.upstream in ("hubert", "wav2vec2", "wavlm"):
             return {"entry": self.upstream, "ckpt": None}  # s3prl's default weights (downloaded)
-        raise UserInputError(f"demo --upstream {self.upstream!r}: use tiny_hubert (embedded) or hubert / wav2vec2 / wavlm")
+        raise UserInputError(f"{self.upstream!r}: use tiny_hubert (embedded) or hubert / wav2vec2 / wavlm",
+                             argument="upstream")
 
     def upstream_args(self) -> List[str]:
         src = self.source
@@ -105,7 +106,8 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
     teacher = plan.source
     distill = ["distill", "--teacher", teacher["entry"], "--data", str(speech), "--out", str(paths["distilled"]),
                "--steps", "40" if plan.quick else "400", "--batch-size", "4", "--max-seconds", "4",
-               "--save-every", "100", "--device", plan.device, "--no-progress"]
+               "--save-every", "100", "--device", plan.device, "--no-progress",
+               "--force"]  # not done: start over, deleting only what an interrupted distill stage wrote
     if teacher["ckpt"]:
         distill += ["--ckpt", teacher["ckpt"]]
     if plan.quick:

@@ -2,6 +2,6 @@
 
 Modules: :mod:`.front_end` (the teacher's frozen front end), :mod:`.mimickers` (mlp / linear / transformer),
 :mod:`.student` (front end + mimicker, ``student.pt``), :mod:`.teacher`, :mod:`.trainer` (``distill``),
-:mod:`.sampling`, :mod:`.teacher_cache`, :mod:`.outputs`, :mod:`.report`, :mod:`.synthetic_audio`.
+:mod:`.sampling`, :mod:`.teacher_cache`, :mod:`.outputs`, :mod:`.report` (synthetic audio for tests: :mod:`s3prl_redundancy.testing.audio`).
 See ``docs/distillation.md``.
 """

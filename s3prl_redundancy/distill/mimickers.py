@@ -46,14 +46,16 @@ class MimickerConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
-            raise UserInputError(f"unknown mimicker architecture {self.arch!r}; use one of {', '.join(ARCHITECTURES)}")
+            raise UserInputError(f"unknown mimicker architecture {self.arch!r}; use one of {', '.join(ARCHITECTURES)}",
+                                 argument="arch")
         if int(self.hidden) < 1:
-            raise UserInputError(f"--hidden must be a positive width (the paper uses 64), got {self.hidden}")
+            raise UserInputError(f"must be a positive width (the paper uses 64), got {self.hidden}", argument="hidden")
         self.targets = [int(t) for t in self.targets]
         if self.arch == "transformer":
             heads = int(self.heads) or max(1, self.hidden // 32)
             if self.hidden % heads:
-                raise UserInputError(f"transformer mimicker: --hidden {self.hidden} is not divisible by {heads} heads")
+                raise UserInputError(f"transformer mimicker: {self.hidden} is not divisible by {heads} heads (`heads`)",
+                                     argument="hidden")
             self.heads = heads
 
     def to_dict(self) -> Dict[str, Any]:

@@ -190,7 +190,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(report: Mapping[str, Any], out_dir) -> Path:
-    from ..checkpoints import atomic_write_text
+    from ..io import atomic_write_text
     from .outputs import REPORT_JSON, REPORT_MD
 
     out = Path(out_dir)
@@ -224,7 +224,7 @@ def report_for_checkpoint(student_path, teacher: Optional[str] = None, ckpt: Opt
         manifest = Path(student_path).with_name("manifest.json")
         files = json.loads(manifest.read_text())["data"]["heldout_files"] if manifest.is_file() else []
         if not files:
-            raise UserInputError(f"no held-out list beside {student_path} (manifest.json); give --data DIR")
+            raise UserInputError(f"no held-out list beside {student_path} (manifest.json); give `data`", argument="data")
         dataset, note = AudioDataset([Path(f) for f in files], None, max_seconds), "held-out utterances"
     dev = torch.device(device)
     expert = build_teacher_expert(teacher_src).to(dev)
@@ -249,7 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         report = report_for_checkpoint(args.student, args.teacher, args.ckpt, args.data, args.out, args.device, args.repeats)
     except UserInputError as e:
-        print(f"report: error: {e}", file=sys.stderr)
+        print(f"report: error: {e.render()}", file=sys.stderr)
         return 2
     print(render_markdown(report))
     return 0

@@ -40,19 +40,21 @@ def parse_targets(spec: Union[None, str, Iterable[int]], num_layers: int) -> Lis
         try:
             targets = [int(s) for s in spec.split(",") if s.strip()]
         except ValueError:
-            raise UserInputError(f"--targets {spec!r} is not a comma-separated list of layer numbers like 4,8,12") from None
+            raise UserInputError(f"{spec!r} is not a comma-separated list of layer numbers like 4,8,12",
+                                 argument="targets") from None
     else:
         targets = [int(t) for t in spec]
     if not targets:
-        raise UserInputError("--targets is empty; give layer numbers like 4,8,12 or leave it out for every layer")
+        raise UserInputError("empty; give layer numbers like 4,8,12 or leave it out for every layer", argument="targets")
     bad = [t for t in targets if not 1 <= t <= num_layers]
     if bad:
         raise UserInputError(
-            f"--targets {bad} out of range: the teacher has {num_layers} transformer layers, so targets are "
-            f"hidden_states indices 1..{num_layers} (1-based layer outputs; 0 is the input, always included)"
-        )
+            f"{bad} out of range: the teacher has {num_layers} transformer layers, so targets are "
+            f"hidden_states indices 1..{num_layers} (1-based layer outputs; 0 is the input, always included)",
+            argument="targets")
     if any(b <= a for a, b in zip(targets, targets[1:])):
-        raise UserInputError(f"--targets {targets} must be strictly increasing with no duplicates, e.g. {sorted(set(targets))}")
+        raise UserInputError(f"{targets} must be strictly increasing with no duplicates, e.g. {sorted(set(targets))}",
+                             argument="targets")
     return targets
 
 

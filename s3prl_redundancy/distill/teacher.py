@@ -8,7 +8,7 @@ weights, downloaded by s3prl's own downloader; ``--ckpt`` replaces them with a l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ class TeacherSource:
 
 
 def resolve_teacher(name: str, ckpt: Optional[str] = None, refresh: bool = False) -> TeacherSource:
-    """Load the teacher checkpoint named by ``--teacher NAME [--ckpt PATH]`` (``weights_only=True``)."""
+    """Load the teacher checkpoint named by ``name`` (and ``ckpt`` for the ``*_local`` names; ``weights_only=True``)."""
     from ..checkpoints import load_family_checkpoint
     from s3prl_redundancy.upstreams.pruned.expert import resolve_source
 
@@ -40,19 +40,19 @@ def resolve_teacher(name: str, ckpt: Optional[str] = None, refresh: bool = False
 
     if name not in TEACHER_NAMES:
         raise UserInputError(f"unknown teacher {name!r}; use one of: {', '.join(sorted(TEACHER_NAMES))} "
-                             "(the *_local names need --ckpt PATH to a checkpoint in s3prl's local format)")
+                             "(the *_local names need `ckpt`, a checkpoint in s3prl's local format)", argument="teacher")
     family = FAMILIES[TEACHER_NAMES[name]]
     ckpt = ckpt or embedded_checkpoint(name)
     if name == family.local_entry and not ckpt:
-        raise UserInputError(f"--teacher {name} needs --ckpt PATH (a {family.name} checkpoint in s3prl's local format); "
-                             f"or use --teacher {family.name} for s3prl's default {family.name} weights")
+        raise UserInputError(f"{name} needs `ckpt` (a {family.name} checkpoint in s3prl's local format); "
+                             f"or use `teacher={family.name}` for s3prl's default {family.name} weights", argument="teacher")
     source = str(ckpt) if ckpt else family.default_url
     path = resolve_source(family.name, ckpt, refresh)
     _, checkpoint = load_family_checkpoint(path)
     found = detect_family(checkpoint)
     if found != family.name:
-        raise UserInputError(f"--ckpt {path} is a {found} checkpoint, not {family.name}; use --teacher "
-                             f"{FAMILIES[found].local_entry} --ckpt {path}")
+        raise UserInputError(f"{path} is a {found} checkpoint, not {family.name}; use "
+                             f"`teacher={FAMILIES[found].local_entry}` with this `ckpt`", argument="ckpt")
     return TeacherSource(family, str(path), source, checkpoint)
 
 
@@ -93,7 +93,3 @@ class TeacherStack(nn.Module):
 def stack_parameters(model: nn.Module) -> int:
     """Parameters of the transformer stack (layers, plus the final layer norm of pre-LN models)."""
     return sum(p.numel() for p in TeacherStack(model, "").parameters())
-
-
-def teacher_hidden_states(expert: nn.Module, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
-    return list(expert(wavs)["hidden_states"])

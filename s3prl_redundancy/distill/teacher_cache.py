@@ -44,10 +44,10 @@ def check_cache_size(frames: Sequence[int], dim: int, num_targets: int, max_gb: 
     size = estimate_cache_bytes(frames, dim, num_targets)
     if size > max_gb * 1e9:
         raise UserInputError(
-            f"--cache-teacher would write {size / 1e9:.2f} GB ({len(frames)} utterances, {sum(frames)} frames x "
-            f"{num_targets + 1} layers x {dim} dims x {BYTES_PER_VALUE} bytes), over --cache-max-gb {max_gb:g}; "
-            "drop --cache-teacher (the teacher then runs every step), train on fewer --targets, lower "
-            "--max-seconds / --max-utterances, or raise --cache-max-gb"
+            f"the cache would take {size / 1e9:.2f} GB ({len(frames)} utterances, {sum(frames)} frames x "
+            f"{num_targets + 1} layers x {dim} dims x {BYTES_PER_VALUE} bytes), over `cache_max_gb={max_gb:g}`; "
+            "run it `cache_teacher=False` (the teacher then runs every step), train on fewer `targets`, lower "
+            "`max_seconds` / `max_utterances`, or raise `cache_max_gb`", argument="cache_teacher"
         )
     return size
 

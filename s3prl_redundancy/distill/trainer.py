@@ -1,7 +1,7 @@
 """Train a student's mimicking layers against the teacher's hidden states (``s3prl-redundancy distill``).
 
 Loss per step, over the non-padding frames ``N`` of the *global* batch and the model dimension ``D``:
-``sum_k ||y_k - h_k||^2 / (N D)`` (the sum of per-layer MSEs), plus, with ``--cosine-weight W``,
+``sum_k ||y_k - h_k||^2 / (N D)`` (the sum of per-layer MSEs), plus, with ``cosine_weight=W``,
 DistilHuBERT's ``W * sum_k mean_frames(-log sigmoid(cos(y_k, h_k)))``. Adam, constant learning rate.
 
 The teacher runs in ``torch.inference_mode()`` (bf16 autocast on CUDA). Its ``hidden_states[0]`` is the
@@ -11,8 +11,8 @@ CUDA); each rank takes its share of every global batch (:mod:`.sampling`) and sc
 ``world_size`` so that DDP's gradient average equals the gradient of the global loss: two ranks train the
 same model as one process with the same global batch.
 
-``checkpoint.pt`` (every ``--save-every`` steps and at the end, atomic) holds the mimicker, the optimizer,
-the step, the RNG states and the data position; ``--resume`` continues from it exactly (the same losses as
+``checkpoint.pt`` (every ``save_every`` steps and at the end, atomic) holds the mimicker, the optimizer,
+the step, the RNG states and the data position; ``resume`` continues from it exactly (the same losses as
 an uninterrupted run). A non-finite loss stops training before the update, keeps the last checkpoint and
 raises :class:`TrainingDivergedError` naming the step.
 """
@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
+from .. import distributed, io
 from ..audio import AudioDataset
 from ..errors import UserInputError
 from . import outputs
@@ -72,68 +72,23 @@ class DistillConfig:
     report_repeats: int = 5
     progress: bool = True
 
-    # what must match for --resume (the rest may change: steps, save_every, device, report, progress)
+    # what must match for `resume` (the rest may change: steps, save_every, device, report, progress)
     RESUME_KEYS = ("teacher", "arch", "hidden", "residual", "heads", "batch_size", "lr", "max_seconds",
                    "max_utterances", "heldout", "cosine_weight", "cache_teacher", "seed")
 
 
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    created_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def close(self) -> None:
-        if self.created_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+def training_device(device: str, ctx: distributed.DistContext) -> torch.device:
+    """The torch device of this rank: ``cuda:LOCAL_RANK`` for CUDA (set by :func:`distributed.init_from_env`)."""
+    if device == "cuda" and ctx.distributed:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device)
 
 
-def setup_distributed(device: str) -> DistContext:
-    """Single process, or the process group of ``torchrun`` (``WORLD_SIZE`` > 1) / one the caller created."""
-    import torch.distributed as dist
-
+def check_device(device: str) -> None:
     if device not in ("cpu", "cuda"):
-        raise UserInputError(f"--device {device!r}: use cpu or cuda")
+        raise UserInputError(f"{device!r}: use cpu or cuda", argument="device")
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    created = False
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
-    elif world > 1:
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        created = True
-    if world == 1:
-        return DistContext(device=torch.device(device))
-    rank = dist.get_rank()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    return DistContext(rank, world, local_rank, dev, created)
+        raise UserInputError("cuda: no CUDA device is visible to torch; use cpu", argument="device")
 
 
 # ---------------------------------------------------------------------------------------- RNG states
@@ -174,7 +129,7 @@ def split_heldout(files: List[Path], heldout: Optional[int], seed: int):
     if heldout is None:
         heldout = min(100, max(1, n // 10)) if n >= 2 else 0
     if heldout < 0 or heldout >= n:
-        raise UserInputError(f"--heldout {heldout}: --data has {n} utterances; hold out 0..{n - 1} of them")
+        raise UserInputError(f"{heldout}: `data` has {n} utterances; hold out 0..{n - 1} of them", argument="heldout")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7)).tolist()
     held = sorted(order[:heldout])
     held_set = set(held)
@@ -197,59 +152,88 @@ def masked_losses(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------- training
+def check_config(cfg: DistillConfig, world_size: int) -> None:
+    """The numeric settings, before anything is loaded."""
+    for name in ("steps", "batch_size", "save_every"):
+        if int(getattr(cfg, name)) < 1:
+            raise UserInputError(f"must be at least 1, got {getattr(cfg, name)}", argument=name)
+    if cfg.lr <= 0:
+        raise UserInputError(f"must be positive, got {cfg.lr}", argument="lr")
+    if cfg.batch_size < world_size:
+        raise UserInputError(f"{cfg.batch_size} is the global batch; it must be at least the number of processes "
+                             f"({world_size}) so that every rank gets an utterance", argument="batch_size")
+
+
+def output_dir(cfg: DistillConfig) -> io.OutputDir:
+    """``out`` under the project's output policy, checked (including writability); nothing is written yet."""
+    out = io.OutputDir(cfg.out, "distill", force=cfg.force, resume=cfg.resume, argument="out")
+    return out.check(outputs=outputs.RUN_FILES, resume_file=outputs.STATE)
+
+
 class Trainer:
-    def __init__(self, cfg: DistillConfig, ctx: Optional[DistContext] = None):
+    def __init__(self, cfg: DistillConfig, ctx: Optional[distributed.DistContext] = None):
         self.cfg = cfg
-        self.ctx = ctx or setup_distributed(cfg.device)
+        check_device(cfg.device)
+        self.ctx = ctx or distributed.init_from_env(cfg.device)
+        self.device = training_device(cfg.device, self.ctx)
         self.out = Path(cfg.out)
 
     # -- set-up --------------------------------------------------------------------------------
     def prepare(self) -> None:
-        from .student import Student, parse_targets
-        from .teacher import build_teacher_expert, resolve_teacher
-
-        cfg, ctx = self.cfg, self.ctx
-        for name in ("steps", "batch_size", "save_every"):
-            if int(getattr(cfg, name)) < 1:
-                raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-        if cfg.lr <= 0:
-            raise UserInputError(f"--lr must be positive, got {cfg.lr}")
-        if cfg.batch_size < ctx.world_size:
-            raise UserInputError(f"--batch-size {cfg.batch_size} is the global batch; it must be at least the "
-                                 f"number of processes ({ctx.world_size}) so that every rank gets an utterance")
-        self.teacher = resolve_teacher(cfg.teacher, cfg.ckpt)
-        parse_targets(cfg.targets, self.teacher.family.num_layers(self.teacher.checkpoint))  # fail before any write
-        dataset = AudioDataset.from_data(cfg.data, cfg.max_utterances, cfg.max_seconds)
-        train_files, held = split_heldout(list(dataset.files), cfg.heldout, cfg.seed)
-        self.train_set = AudioDataset(train_files, dataset.root, cfg.max_seconds)
-        self.heldout_set = AudioDataset(held, dataset.root, cfg.max_seconds)
-        existing = outputs.check_output_dir(self.out, cfg.resume, cfg.force)
-        ctx.barrier()  # every rank has checked the folder before rank 0 changes it
-        if ctx.is_main:
-            if cfg.force and existing:
-                outputs.clear_run_files(self.out)
-            self.out.mkdir(parents=True, exist_ok=True)
-        ctx.barrier()
-
-        torch.manual_seed(cfg.seed)  # the same initial mimicker on every rank (DDP also broadcasts it)
-        family = self.teacher.family.name
-        self.student = Student.from_teacher(family, self.teacher.checkpoint, cfg.arch, cfg.targets, cfg.hidden,
-                                            cfg.residual, cfg.heads).to(ctx.device)
-        self.targets = self.student.targets
-        self.expert = build_teacher_expert(self.teacher).to(ctx.device)
-        self.optimizer = torch.optim.Adam(self.student.mimicker.parameters(), lr=cfg.lr)
-        self.model = self.student.mimicker
-        if ctx.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.student.mimicker, device_ids=ids)
+        """Validate every input, then build the teacher, the student, the optimizer and the data order."""
+        cfg = self.cfg
+        check_config(cfg, self.ctx.world_size)
+        self._load_inputs()
+        self._prepare_output()
+        self._build_models()
         self.batches = GlobalBatches(len(self.train_set), cfg.batch_size, cfg.seed)
         self.run_identity = self._run_identity()
         self.start_step, self.elapsed = 0, 0.0
         if cfg.resume:
             self._load_state()
         self.cache = self._prepare_cache() if cfg.cache_teacher else None
+
+    def _load_inputs(self) -> None:
+        """The teacher (resolved, not built), the targets (checked) and the train / held-out split."""
+        from .student import parse_targets
+        from .teacher import resolve_teacher
+
+        cfg = self.cfg
+        self.teacher = resolve_teacher(cfg.teacher, cfg.ckpt)
+        parse_targets(cfg.targets, self.teacher.family.num_layers(self.teacher.checkpoint))  # fail before any write
+        dataset = AudioDataset.from_data(cfg.data, cfg.max_utterances, cfg.max_seconds)
+        train_files, held = split_heldout(list(dataset.files), cfg.heldout, cfg.seed)
+        self.train_set = AudioDataset(train_files, dataset.root, cfg.max_seconds)
+        self.heldout_set = AudioDataset(held, dataset.root, cfg.max_seconds)
+
+    def _prepare_output(self) -> None:
+        """Every rank checks ``out`` before rank 0 changes it (with ``force``: deletes our previous run)."""
+        self.output = output_dir(self.cfg)
+        distributed.barrier()
+        if self.ctx.is_main:
+            self.output.prepare()
+            if self.cfg.cache_teacher:
+                self.output.record(outputs.CACHE_DIR)
+        distributed.barrier()
+
+    def _build_models(self) -> None:
+        from .student import Student
+        from .teacher import build_teacher_expert
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # the same initial mimicker on every rank (DDP also broadcasts it)
+        family = self.teacher.family.name
+        self.student = Student.from_teacher(family, self.teacher.checkpoint, cfg.arch, cfg.targets, cfg.hidden,
+                                            cfg.residual, cfg.heads).to(self.device)
+        self.targets = self.student.targets
+        self.expert = build_teacher_expert(self.teacher).to(self.device)
+        self.optimizer = torch.optim.Adam(self.student.mimicker.parameters(), lr=cfg.lr)
+        self.model = self.student.mimicker
+        if self.ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.student.mimicker, device_ids=ids)
 
     def _run_identity(self) -> Dict[str, Any]:
         ident = {k: getattr(self.cfg, k) for k in DistillConfig.RESUME_KEYS}
@@ -262,16 +246,18 @@ class Trainer:
 
         state = load_checkpoint(self.out / outputs.STATE, what="training checkpoint")
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise UserInputError(f"{self.out / outputs.STATE} is not a distillation training checkpoint; use another "
-                                 "--out, or --force to start over there")
+            raise UserInputError(f"{self.out / outputs.STATE} is not a distillation training checkpoint; choose "
+                                 "another `out`, or run without `resume` and with `force=True` to start over there",
+                                 argument="resume")
         differ = {k: (state["run"].get(k), v) for k, v in self.run_identity.items() if state["run"].get(k) != v}
         if differ:
             lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items())
-            raise UserInputError(f"--resume: the run in {self.out} was started with other settings ({lines}); "
-                                 "resume with the same settings, or pass --force to start over")
+            raise UserInputError(f"the run in {self.out} was started with other settings ({lines}); resume with the "
+                                 "same settings, or run without `resume` and with `force=True` to start over",
+                                 argument="resume")
         if state["step"] > self.cfg.steps:
-            raise UserInputError(f"--resume: the checkpoint is at step {state['step']}, beyond --steps {self.cfg.steps}; "
-                                 f"give --steps {state['step']} or more")
+            raise UserInputError(f"the checkpoint is at step {state['step']}, beyond `steps={self.cfg.steps}`; "
+                                 f"give `steps={state['step']}` or more", argument="resume")
         self.student.mimicker.load_state_dict(state["mimicker"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
@@ -288,22 +274,22 @@ class Trainer:
         count = len(self.train_set)
         if not cache.is_complete(count):
             ctx = self.ctx
-            ctx.barrier()
+            distributed.barrier()
 
             def compute(wav):
-                hs = self.teacher_states([wav.to(ctx.device)])
+                hs = self.teacher_states([wav.to(self.device)])
                 return hs[0][0], torch.stack([hs[t][0] for t in self.targets])
 
             cache.build(self.train_set, shard(list(range(count)), ctx.rank, ctx.world_size), compute)
-            ctx.barrier()
+            distributed.barrier()
             if ctx.is_main:
                 cache.finish(count, size)
-            ctx.barrier()
+            distributed.barrier()
         return cache
 
     # -- one step ------------------------------------------------------------------------------
     def autocast(self):
-        if self.ctx.device.type == "cuda":
+        if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -316,10 +302,10 @@ class Trainer:
         """``(x0, targets, padding mask)`` of this rank's share of global batch ``step``."""
         local = shard(self.batches.batch(step), self.ctx.rank, self.ctx.world_size)
         if self.cache is not None:
-            return self.cache.load_batch(local, self.ctx.device)
-        wavs = [self.train_set[i][1].to(self.ctx.device) for i in local]
+            return self.cache.load_batch(local, self.device)
+        wavs = [self.train_set[i][1].to(self.device) for i in local]
         hs = self.teacher_states(wavs)
-        lengths = torch.tensor([len(w) for w in wavs], device=self.ctx.device)
+        lengths = torch.tensor([len(w) for w in wavs], device=self.device)
         mask = self.student.front_end.padding_mask_for_lengths(lengths)
         return hs[0], [hs[t] for t in self.targets], mask
 
@@ -327,16 +313,14 @@ class Trainer:
         """Per-target loss terms of this rank (their sum over ranks is the global loss); with grad."""
         x0, targets, mask = self.batch(step)
         valid = ~mask
-        frames = self.ctx.all_reduce_sum(valid.sum().to(torch.float64).reshape(1))
+        frames = distributed.all_reduce_sum([float(valid.sum())], dtype=torch.float64)[0]
         with self.autocast():
             preds = self.model(x0, mask)
-        return masked_losses(preds, targets, valid, float(frames.item()), self.cfg.cosine_weight)
+        return masked_losses(preds, targets, valid, frames, self.cfg.cosine_weight)
 
     # -- loop ----------------------------------------------------------------------------------
     def save_state(self, step: int) -> None:
-        from ..checkpoints import atomic_torch_save
-
-        atomic_torch_save({
+        self.output.save_torch(outputs.STATE, {
             "format": STATE_FORMAT,
             "step": step,
             "mimicker": {k: v.detach().cpu() for k, v in self.student.mimicker.state_dict().items()},
@@ -346,7 +330,7 @@ class Trainer:
             "run": self.run_identity,
             "elapsed_seconds": self.elapsed_now(),
             "student_config": self.student.config.to_dict(),
-        }, self.out / outputs.STATE)
+        })
 
     def elapsed_now(self) -> float:
         return self.elapsed + (time.perf_counter() - self._t0)
@@ -357,62 +341,84 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         log = outputs.TrainLog(self.out / outputs.LOG, self.targets)
         if ctx.is_main:
+            self.output.record(outputs.LOG)
             log.start(self.start_step)
         self._t0 = time.perf_counter()
         self.student.mimicker.train()
-        last_saved = self.start_step if cfg.resume else None
+        self._last_saved = self.start_step if cfg.resume else None
         bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (cfg.progress and ctx.is_main),
                    desc="distill", dynamic_ncols=True)
         history = []
-        for step in range(self.start_step, cfg.steps):
-            terms = self.step_losses(step)
-            reported = ctx.all_reduce_sum(terms.detach().to(torch.float64).clone())
-            loss = float(reported.sum())
-            if not torch.isfinite(reported).all():
-                bar.close()
-                where = (f"the last good checkpoint is {self.out / outputs.STATE} at step {last_saved} (continue with "
-                         "--resume once the cause is fixed)") if last_saved else (
-                         f"no checkpoint was written yet (the first is at step {cfg.save_every}, --save-every)")
-                raise TrainingDivergedError(
-                    f"the distillation loss is {loss} at step {step + 1} (per target: "
-                    + ", ".join(f"layer {t}: {float(v):.4g}" for t, v in zip(self.targets, reported))
-                    + f"); training stopped before that update and {where}. Check --data for silent, corrupt or NaN "
-                    "audio, or lower --lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            (terms.sum() * ctx.world_size).backward()
-            self.optimizer.step()
-            done = step + 1
-            history.append(loss)
-            if ctx.is_main:
-                log.append(done, loss, reported.tolist(), self.elapsed_now())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                if ctx.is_main:
-                    self.save_state(done)
-                last_saved = done
-        bar.close()
+        try:
+            for step in range(self.start_step, cfg.steps):
+                loss = self._train_step(step, log)
+                history.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}")
+        finally:
+            bar.close()
         self.student.mimicker.eval()
-        ctx.barrier()
+        distributed.barrier()
         return {"steps": cfg.steps, "losses": history, "elapsed_seconds": self.elapsed_now()}
+
+    def _train_step(self, step: int, log: outputs.TrainLog) -> float:
+        """One optimizer step on global batch ``step``: log it, checkpoint when due; returns the global loss."""
+        terms = self.step_losses(step)
+        reported = torch.tensor(distributed.all_reduce_sum(terms.detach().to(torch.float64).tolist(),
+                                                           dtype=torch.float64), dtype=torch.float64)
+        loss = float(reported.sum())
+        if not torch.isfinite(reported).all():
+            raise self._diverged(step, loss, reported)
+        self.optimizer.zero_grad(set_to_none=True)
+        (terms.sum() * self.ctx.world_size).backward()
+        self.optimizer.step()
+        done = step + 1
+        if self.ctx.is_main:
+            log.append(done, loss, reported.tolist(), self.elapsed_now())
+        if done % self.cfg.save_every == 0 or done == self.cfg.steps:
+            if self.ctx.is_main:
+                self.save_state(done)
+            self._last_saved = done
+        return loss
+
+    def _diverged(self, step: int, loss: float, reported: torch.Tensor) -> TrainingDivergedError:
+        if self._last_saved:
+            where = (f"the last good checkpoint is {self.out / outputs.STATE} at step {self._last_saved} (continue "
+                     "with `resume` once the cause is fixed)")
+        else:
+            where = (f"no checkpoint was written yet (the first is at step {self.cfg.save_every}, `save_every`); "
+                     "start over with `force=True` once the cause is fixed")
+        per_target = ", ".join(f"layer {t}: {float(v):.4g}" for t, v in zip(self.targets, reported))
+        return TrainingDivergedError(
+            f"the distillation loss is {loss} at step {step + 1} (per target: {per_target}); training stopped "
+            f"before that update and {where}. Check `data` for silent, corrupt or NaN audio, or lower `lr`")
 
     # -- results -------------------------------------------------------------------------------
     def finish(self, result: Dict[str, Any]) -> Dict[str, Any]:
         """Write student.pt, manifest.json, the loss curve and (optionally) the report; rank 0 only."""
-        from .student import save_student, teacher_configs
-
         if not self.ctx.is_main:
             return {}
+        manifest = self._write_student(result)
+        outputs.plot_loss_curve(self.out / outputs.LOG, self.output.file(outputs.CURVE),
+                                f"{self.cfg.arch} mimicker of {self.cfg.teacher}: {len(self.targets)} targets")
+        if self.cfg.report:
+            self._write_report()
+            manifest["files"].update(report_json=outputs.REPORT_JSON, report_md=outputs.REPORT_MD)
+        self.output.write_json(outputs.MANIFEST, manifest)
+        return manifest
+
+    def _write_student(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        """Save ``student.pt``; returns the manifest that describes it."""
+        from .student import save_student, teacher_configs
+
         losses = outputs.read_losses(self.out / outputs.LOG)
         teacher = dict(teacher_configs(self.teacher.family.name, self.teacher.checkpoint), source=self.teacher.source)
         training = {"steps": self.cfg.steps, "initial_loss": losses[0] if losses else None,
                     "final_loss": losses[-1] if losses else None, "world_size": self.ctx.world_size,
                     "elapsed_seconds": result["elapsed_seconds"]}
-        student_path = save_student(self.student.cpu(), teacher, self.out / outputs.STUDENT, training)
-        self.student.to(self.ctx.device)
-        outputs.plot_loss_curve(self.out / outputs.LOG, self.out / outputs.CURVE,
-                                f"{self.cfg.arch} mimicker of {self.cfg.teacher}: {len(self.targets)} targets")
-        manifest = {
+        student_path = save_student(self.student.cpu(), teacher, self.output.file(outputs.STUDENT), training)
+        self.student.to(self.device)
+        return {
             "student": outputs.STUDENT,
             "load_with": f"-u distilled_{self.teacher.family.name} -k {student_path}",
             "teacher": {"family": self.teacher.family.name, "name": self.cfg.teacher, "source": self.teacher.source,
@@ -425,29 +431,29 @@ class Trainer:
                      "heldout_files": [str(Path(f).resolve()) for f in self.heldout_set.files]},
             "files": {"train_log": outputs.LOG, "loss_curve": outputs.CURVE, "checkpoint": outputs.STATE},
         }
-        if self.cfg.report:
-            from .report import build_report, write_report
 
-            wavs = [self.heldout_set[i][1] for i in range(len(self.heldout_set))]
-            note = "held-out utterances"
-            if not wavs:
-                wavs, note = [self.train_set[i][1] for i in range(min(8, len(self.train_set)))], "training utterances (no held-out split)"
-            report = build_report(self.student, self.expert, self.teacher.family.name, wavs, self.ctx.device,
-                                  repeats=self.cfg.report_repeats, audio_note=note)
-            write_report(report, self.out)
-            manifest["files"].update(report_json=outputs.REPORT_JSON, report_md=outputs.REPORT_MD)
-        outputs.write_manifest(self.out, manifest)
-        return manifest
+    def _write_report(self) -> None:
+        from .report import build_report, write_report
+
+        wavs = [self.heldout_set[i][1] for i in range(len(self.heldout_set))]
+        note = "held-out utterances"
+        if not wavs:
+            wavs = [self.train_set[i][1] for i in range(min(8, len(self.train_set)))]
+            note = "training utterances (no held-out split)"
+        report = build_report(self.student, self.expert, self.teacher.family.name, wavs, self.device,
+                              repeats=self.cfg.report_repeats, audio_note=note)
+        self.output.record(outputs.REPORT_JSON, outputs.REPORT_MD)
+        write_report(report, self.out)
 
 
-def distill(cfg: DistillConfig, ctx: Optional[DistContext] = None) -> Dict[str, Any]:
+def distill(cfg: DistillConfig, ctx: Optional[distributed.DistContext] = None) -> Dict[str, Any]:
     """Run a whole distillation (set-up, training, outputs). Returns the manifest (empty on ranks > 0)."""
     trainer = Trainer(cfg, ctx)
     try:
         trainer.prepare()
         result = trainer.train()
         manifest = trainer.finish(result)
-        trainer.ctx.barrier()
+        distributed.barrier()
         return manifest
     finally:
-        trainer.ctx.close()
+        distributed.cleanup(trainer.ctx)

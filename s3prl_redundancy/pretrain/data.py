@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..io import atomic_path, atomic_write_text
 from ..superb.corpus import _BASE_VOICES, _ER_SENTENCES, _VOCAB, KS_COMMANDS
 from ..superb.tts import SAMPLE_RATE, Voice, espeak_version, find_espeak, synthesize
 
@@ -166,18 +166,6 @@ def synthesize_clips(cfg: DataConfig, workers: int = 4, limit: Optional[int] = N
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def load_or_build(cfg: DataConfig, data_dir, workers: int = 4, log=print) -> Tuple[List[np.ndarray], Dict]:
     """Waveforms of ``cfg`` from ``data_dir`` (built and cached there the first time) and their metadata."""
     data_dir = Path(data_dir)
@@ -200,8 +188,9 @@ def load_or_build(cfg: DataConfig, data_dir, workers: int = 4, log=print) -> Tup
         "n_distinct_voices": len({p.voice for p in plans}), "espeak_version": espeak_version(),
         "build_seconds": round(time.time() - t0, 1), "texts": [p.text for p in plans],
     }
-    _atomic_write_bytes(npz, lambda fh: np.savez(fh, audio=np.concatenate(pcm), offsets=offsets))
-    _atomic_write_bytes(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+    with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, audio=np.concatenate(pcm), offsets=offsets)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     log(f"synthesised {meta['n_clips']} clips, {meta['seconds'] / 60:.1f} min of speech in {meta['build_seconds']} s -> {npz}")
     return [p.astype(np.float32) / 32767.0 for p in pcm], meta
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+
+from ..io import atomic_write_text
 
 
 def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
@@ -73,7 +74,7 @@ def random_init_upstream(seed: int):
 
     from s3prl.upstream.hubert.expert import UpstreamExpert
 
-    from ..checkpoints import atomic_torch_save
+    from ..io import atomic_torch_save
     from . import model as M
 
     model, cfg = M.build_model(seed)
@@ -134,10 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sid-speakers", type=int, default=24)
     args = parser.parse_args(argv)
     res = evaluate(args.ckpt, ks_voices=args.ks_voices, sid_speakers=args.sid_speakers)
-    out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, out)
+    atomic_write_text(Path(args.out), json.dumps(res, indent=1))
     return 0
 
 

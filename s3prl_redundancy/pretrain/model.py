@@ -14,6 +14,10 @@ import numpy as np
 
 N_CLUSTERS = 100
 
+# every dropout of s3prl's fairseq-style encoders off: training and evaluation see the same network
+NO_DROPOUT: Dict[str, float] = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
+                                    dropout_input=0.0, dropout_features=0.0)
+
 MODEL_CFG: Dict[str, Any] = dict(
     encoder_layers=6,
     encoder_embed_dim=256,
@@ -25,12 +29,7 @@ MODEL_CFG: Dict[str, Any] = dict(
     layer_norm_first=True,
     label_rate=50.0,
     final_dim=N_CLUSTERS,
-    dropout=0.0,
-    attention_dropout=0.0,
-    activation_dropout=0.0,
-    encoder_layerdrop=0.0,
-    dropout_input=0.0,
-    dropout_features=0.0,
+    **NO_DROPOUT,
     feature_grad_mult=1.0,
     mask_prob=0.8,
     mask_length=10,

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..checkpoints import atomic_torch_save
 from ..errors import UserInputError
+from ..io import OutputDir, atomic_path
 from . import model as M
 from .data import DataConfig, load_or_build
 from .targets import HOP, WINDOW, build_targets, num_frames
@@ -30,6 +29,9 @@ from .targets import HOP, WINDOW, build_targets, num_frames
 STATE = "train_state.pt"
 EXPORT = "tiny_hubert.pt"
 HISTORY = "history.json"
+CURVE = "loss_curve.png"  # written by the command (``plot_history``)
+DATA = "data"  # the default cache of the synthetic speech and its targets
+OUTPUTS = (STATE, EXPORT, HISTORY, CURVE, DATA)
 N_VALIDATION = 64
 
 
@@ -133,10 +135,8 @@ def prepare_corpus(cfg: TrainConfig, data_dir, log=print) -> Corpus:
             train_labels, centres = build_targets(wavs[:n_train], cfg.n_clusters, cfg.seed, cmn=cfg.mfcc_cmn)
             labels = train_labels + [assign_with_centres(mfcc39(w, cmn=cfg.mfcc_cmn), centres) for w in wavs[n_train:]]
         offsets = np.cumsum([0] + [len(l) for l in labels]).astype(np.int64)
-        tmp = tpath.with_name(f".{tpath.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, labels=np.concatenate(labels), offsets=offsets, centres=centres)
-        os.replace(tmp, tpath)
+        with atomic_path(tpath) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, labels=np.concatenate(labels), offsets=offsets, centres=centres)
         log(f"MFCC + k-means (K={cfg.n_clusters}) in {time.time() - t0:.1f} s -> {tpath}")
     return Corpus(wavs, labels)
 
@@ -146,11 +146,11 @@ def _device_setup(device: str):
 
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise UserInputError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+            raise UserInputError("cuda was asked for but torch.cuda.is_available() is False; use cpu", argument="device")
         torch.backends.cuda.matmul.allow_tf32 = True
         return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if device != "cpu":
-        raise UserInputError(f"--device must be cpu or cuda, got {device!r}")
+        raise UserInputError(f"must be cpu or cuda, got {device!r}", argument="device")
     return torch.device("cpu"), None
 
 
@@ -183,7 +183,7 @@ def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_
 
 
 def _calibrate(cfg: TrainConfig, corpus: Corpus, device, autocast_dtype, steps: int = 6) -> float:
-    """Seconds per training step, measured on a throw-away copy of the model (for ``--minutes``)."""
+    """Seconds per training step, measured on a throw-away copy of the model (for ``minutes``)."""
     import torch
 
     model, _ = M.build_model(cfg.seed, cfg.model_cfg, cfg.n_clusters)
@@ -212,115 +212,163 @@ def _train_step(model, opt, corpus: Corpus, cfg: TrainConfig, step: int, device,
     return stats
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def output_dir(out, resume: bool, force: bool) -> OutputDir:
+    """``out`` under the project's output policy (command ``pretrain-tiny``), checked before any work."""
+    folder = OutputDir(out, "pretrain-tiny", force=force, resume=resume, argument="out")
+    return folder.check(outputs=OUTPUTS, resume_file=STATE)
+
+
+def _check_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
+    """The settings, before any work; fills ``targets_sha`` (the hash of ``targets_from``)."""
+    if cfg.steps is None and cfg.minutes is None and not resume:
+        raise UserInputError("give `steps` or `minutes`", argument="steps")
+    if cfg.targets_from is not None and cfg.targets_sha is None:
+        import dataclasses
+        import hashlib
+
+        if not Path(cfg.targets_from).is_file():
+            raise UserInputError(f"no such file: {cfg.targets_from}", argument="targets_from")
+        cfg = dataclasses.replace(cfg, targets_sha=hashlib.sha256(Path(cfg.targets_from).read_bytes()).hexdigest())
+    return cfg
+
+
+class _Run:
+    """The mutable state of one training run: model, optimiser, step counters, history; and how to save it."""
+
+    def __init__(self, cfg: TrainConfig, output: OutputDir, dev, autocast_dtype):
+        import torch
+
+        self.cfg, self.output, self.dev, self.autocast_dtype = cfg, output, dev, autocast_dtype
+        self.model, self.model_cfg = M.build_model(cfg.seed, cfg.model_cfg, cfg.n_clusters)
+        self.model.to(dev).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.history: List[Dict] = []
+        self.evals: List[Dict] = []
+        self.start, self.total, self.elapsed = 0, 0, 0.0
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def identity(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(self.cfg.identity()))
+
+    def load(self, state_path: Path) -> None:
+        """Continue from ``train_state.pt`` (the same configuration, the same step budget)."""
+        import torch
+
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["identity"] != self.identity():
+            raise UserInputError(f"{state_path} was written with a different configuration (seed, data, batch, "
+                                 "model); use the same options, or run it `resume=False` with `force=True` to start "
+                                 "over", argument="resume")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.start, self.total, self.elapsed = int(state["step"]), int(state["total_steps"]), float(state["seconds"])
+        self.history, self.evals = list(state["history"]), list(state["evals"])
+        if self.cfg.steps is not None and self.cfg.steps != self.total:
+            raise UserInputError(f"the run was planned for {self.total} steps (its learning-rate schedule); got "
+                                 f"`steps={self.cfg.steps}`. Leave out `steps` / `minutes` when resuming",
+                                 argument="resume")
+
+    def save(self, step: int) -> None:
+        """``train_state.pt``, the ``hubert_local`` export and ``history.json``, each atomic."""
+        cfg = self.cfg
+        train_state = {"identity": self.identity(), "model": self.model.state_dict(),
+                       "optimizer": self.opt.state_dict(), "step": step, "total_steps": self.total,
+                       "seconds": self.elapsed, "history": self.history, "evals": self.evals}
+        self.output.save_torch(STATE, train_state)
+        last_eval = self.evals[-1] if self.evals else {}
+        extra = {"steps": step, "total_steps": self.total, "seed": cfg.seed, "train_seconds": round(self.elapsed, 1),
+                 "device": self.dev.type, "parameters": self.n_params, "data_key": cfg.data.key(),
+                 "val_acc_masked": last_eval.get("val_acc_masked"), "eval_step": last_eval.get("step"),
+                 "n_clusters": cfg.n_clusters,
+                 "targets": (f"k-means of hidden state {cfg.target_layer} of a model (sha256 {cfg.targets_sha[:16]})"
+                             if cfg.targets_from else f"k-means of MFCC{'' if cfg.mfcc_cmn else ' (no mean removal)'}")}
+        self.output.save_torch(EXPORT, M.hubert_local_checkpoint(self.model, self.model_cfg, cfg.n_clusters, half=True,
+                                                                 extra=extra))
+        self.output.write_text(HISTORY, json.dumps({"total_steps": self.total, "step": step, "seconds": self.elapsed,
+                                                    "parameters": self.n_params, "history": self.history,
+                                                    "evals": self.evals}, indent=1))
+
+    def step(self, step: int, corpus: Corpus) -> Dict:
+        """One optimiser step at the scheduled learning rate; its statistics, appended to the history."""
+        t0 = time.perf_counter()
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, self.total, self.cfg.lr, self.cfg.warmup_frac)
+        stats = _train_step(self.model, self.opt, corpus, self.cfg, step, self.dev, self.autocast_dtype)
+        self.elapsed += time.perf_counter() - t0
+        stats.update(step=step, lr=self.opt.param_groups[0]["lr"], seconds=round(self.elapsed, 2))
+        self.history.append(stats)
+        if not math.isfinite(stats["loss"]):
+            raise RuntimeError(f"the loss became {stats['loss']} at step {step}; lower `lr` or check the data")
+        return stats
+
+
+def _plan_steps(run: _Run, corpus: Corpus, resume: bool, log) -> None:
+    """The step budget: from the checkpoint, ``steps``, or ``minutes`` over a measured step time."""
+    cfg = run.cfg
+    if resume:
+        log(f"resuming at step {run.start}/{run.total}")
+    elif cfg.steps is not None:
+        run.total = int(cfg.steps)
+    else:
+        sps = _calibrate(cfg, corpus, run.dev, run.autocast_dtype)
+        run.total = max(10, int(cfg.minutes * 60 / sps))
+        log(f"{sps:.3f} s/step measured: {cfg.minutes} min -> {run.total} steps")
+    if run.total < 1:
+        raise UserInputError(f"must be positive, got {run.total}", argument="steps")
+
+
+def _log_progress(run: _Run, done: int, t_log: float, log) -> None:
+    recent = run.history[-run.cfg.log_every:]
+    log(json.dumps({"step": done, "of": run.total, "loss": round(float(np.mean([h["loss"] for h in recent])), 4),
+                    "acc_masked": round(float(np.mean([h["acc_masked"] for h in recent])), 4),
+                    "s_per_step": round((time.time() - t_log) / len(recent), 3), "elapsed_s": round(run.elapsed)}))
+
+
+def _loop(run: _Run, corpus: Corpus, end: int, log) -> None:
+    """Steps ``run.start .. end - 1``: log, evaluate and checkpoint when due (and every 5 minutes)."""
+    cfg = run.cfg
+    last_save = t_log = time.time()
+    for step in range(run.start, end):
+        run.step(step, corpus)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end:
+            _log_progress(run, done, t_log, log)
+            t_log = time.time()
+        if done % cfg.eval_every == 0 or done == end:
+            ev = evaluate(run.model, corpus, cfg.seed, run.dev, run.autocast_dtype)
+            ev["step"] = done
+            run.evals.append(ev)
+            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()}))
+        if done % cfg.checkpoint_every == 0 or done == end or time.time() - last_save > 300:
+            run.save(done)
+            last_save = time.time()
+    if run.start >= end:
+        run.save(run.start)
 
 
 def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: bool = False, force: bool = False,
           stop_after: Optional[int] = None, log: Callable[[str], None] = print) -> Dict:
     """Train (or resume) into ``out``; returns the final state summary.
 
-    ``stop_after``: return after that many steps in total (the schedule still spans ``cfg.steps``),
-    as an interrupted run would; used to test ``resume``.
+    ``out`` follows :class:`~s3prl_redundancy.io.OutputDir` (command ``pretrain-tiny``); ``force`` deletes
+    what an earlier run wrote there, the default speech cache ``out/data`` included (give ``data_dir`` to
+    keep a cache across runs). ``stop_after``: return after that many steps in total (the schedule still
+    spans ``cfg.steps``), as an interrupted run would; used to test ``resume``.
     """
-    import torch
-
-    out = Path(out)
-    state_path = out / STATE
-    if state_path.exists() and not (resume or force):
-        raise UserInputError(f"{state_path} exists: pass --resume to continue that run or --force to start over")
-    if resume and not state_path.exists():
-        raise UserInputError(f"--resume: no {STATE} in {out}; run without --resume to start a new run")
-    if cfg.steps is None and cfg.minutes is None and not resume:
-        raise UserInputError("give --steps N or --minutes M")
-    if cfg.targets_from is not None and cfg.targets_sha is None:
-        import dataclasses
-        import hashlib
-
-        if not Path(cfg.targets_from).is_file():
-            raise UserInputError(f"--targets-from: no such file: {cfg.targets_from}")
-        cfg = dataclasses.replace(cfg, targets_sha=hashlib.sha256(Path(cfg.targets_from).read_bytes()).hexdigest())
-    out.mkdir(parents=True, exist_ok=True)
+    output = output_dir(out, resume, force)
+    cfg = _check_config(cfg, resume)
     dev, autocast_dtype = _device_setup(device)
-    corpus = prepare_corpus(cfg, data_dir if data_dir is not None else out / "data", log=log)
-
-    model, model_cfg = M.build_model(cfg.seed, cfg.model_cfg, cfg.n_clusters)
-    model.to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: List[Dict] = []
-    evals: List[Dict] = []
-    start, elapsed = 0, 0.0
-    if resume and not force:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["identity"] != json.loads(json.dumps(cfg.identity())):
-            raise UserInputError(f"--resume: {state_path} was written with a different configuration "
-                                 f"(seed, data, batch, model); use the same options or --force to start over")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, total, elapsed = int(state["step"]), int(state["total_steps"]), float(state["seconds"])
-        history, evals = list(state["history"]), list(state["evals"])
-        if cfg.steps is not None and cfg.steps != total:
-            raise UserInputError(f"--resume: the run was planned for {total} steps (its learning-rate schedule); "
-                                 f"got --steps {cfg.steps}. Drop --steps/--minutes when resuming")
-        log(f"resuming at step {start}/{total}")
-    elif cfg.steps is not None:
-        total = int(cfg.steps)
-    else:
-        sps = _calibrate(cfg, corpus, dev, autocast_dtype)
-        total = max(10, int(cfg.minutes * 60 / sps))
-        log(f"{sps:.3f} s/step measured: {cfg.minutes} min -> {total} steps")
-    if total < 1:
-        raise UserInputError(f"--steps must be positive, got {total}")
-
-    n_params = sum(p.numel() for p in model.parameters())
-
-    def save(step: int):
-        train_state = {"identity": json.loads(json.dumps(cfg.identity())), "model": model.state_dict(),
-                       "optimizer": opt.state_dict(), "step": step, "total_steps": total, "seconds": elapsed,
-                       "history": history, "evals": evals}
-        atomic_torch_save(train_state, state_path)
-        last_eval = evals[-1] if evals else {}
-        extra = {"steps": step, "total_steps": total, "seed": cfg.seed, "train_seconds": round(elapsed, 1),
-                 "device": dev.type, "parameters": n_params, "data_key": cfg.data.key(),
-                 "val_acc_masked": last_eval.get("val_acc_masked"), "eval_step": last_eval.get("step"),
-                 "n_clusters": cfg.n_clusters,
-                 "targets": (f"k-means of hidden state {cfg.target_layer} of a model (sha256 {cfg.targets_sha[:16]})"
-                             if cfg.targets_from else f"k-means of MFCC{'' if cfg.mfcc_cmn else ' (no mean removal)'}")}
-        atomic_torch_save(M.hubert_local_checkpoint(model, model_cfg, cfg.n_clusters, half=True, extra=extra), out / EXPORT)
-        _write_json(out / HISTORY, {"total_steps": total, "step": step, "seconds": elapsed, "parameters": n_params,
-                                    "history": history, "evals": evals})
-
-    end = total if stop_after is None else min(total, stop_after)
-    last_save = time.time()
-    t_log = time.time()
-    for step in range(start, end):
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_frac)
-        stats = _train_step(model, opt, corpus, cfg, step, dev, autocast_dtype)
-        elapsed += time.perf_counter() - t0
-        stats.update(step=step, lr=opt.param_groups[0]["lr"], seconds=round(elapsed, 2))
-        history.append(stats)
-        if not math.isfinite(stats["loss"]):
-            raise RuntimeError(f"the loss became {stats['loss']} at step {step}; lower --lr or check the data")
-        done = step + 1
-        if done % cfg.log_every == 0 or done == end:
-            recent = history[-cfg.log_every:]
-            log(json.dumps({"step": done, "of": total, "loss": round(float(np.mean([h["loss"] for h in recent])), 4),
-                            "acc_masked": round(float(np.mean([h["acc_masked"] for h in recent])), 4),
-                            "s_per_step": round((time.time() - t_log) / len(recent), 3), "elapsed_s": round(elapsed)}))
-            t_log = time.time()
-        if done % cfg.eval_every == 0 or done == end:
-            ev = evaluate(model, corpus, cfg.seed, dev, autocast_dtype)
-            ev["step"] = done
-            evals.append(ev)
-            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()}))
-        if done % cfg.checkpoint_every == 0 or done == end or time.time() - last_save > 300:
-            save(done)
-            last_save = time.time()
-    if start >= end:
-        save(start)
-    return {"step": end, "total_steps": total, "seconds": elapsed, "history": history, "evals": evals,
-            "parameters": n_params, "state": str(state_path), "checkpoint": str(out / EXPORT), "targets_sha": cfg.targets_sha}
+    output.prepare()
+    output.record(CURVE)  # plotted by the command once training returns
+    if data_dir is None:
+        data_dir = output.file(DATA)
+    corpus = prepare_corpus(cfg, data_dir, log=log)
+    run = _Run(cfg, output, dev, autocast_dtype)
+    if resume:
+        run.load(output.path / STATE)
+    _plan_steps(run, corpus, resume, log)
+    end = run.total if stop_after is None else min(run.total, stop_after)
+    _loop(run, corpus, end, log)
+    return {"step": end, "total_steps": run.total, "seconds": run.elapsed, "history": run.history, "evals": run.evals,
+            "parameters": run.n_params, "state": str(output.path / STATE), "checkpoint": str(output.path / EXPORT),
+            "targets_sha": cfg.targets_sha}

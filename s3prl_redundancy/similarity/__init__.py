@@ -6,8 +6,6 @@ Submodules (import the one you need; nothing heavy happens at package import):
   ``mutual_knn``, CKA from statistics), called by the metric classes and by other packages;
 * :mod:`.metrics` -- streaming metrics (``cosine``, ``cka``, ``debiased_cka``, ``mknn``,
   ``block_influence``) with ``update`` / ``compute`` / ``merge`` / ``sync`` / ``state_dict``;
-* :mod:`.gram_reference` -- n x n Gram-matrix reference implementations (test oracles,
-  benchmark baselines);
 * :mod:`.blocks` -- contiguous blocks of mutually similar layers, solved exactly by
   dynamic programming;
 * :mod:`.plots` -- heatmaps and bar charts (matplotlib, Agg), written atomically;

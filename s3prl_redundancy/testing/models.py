@@ -1,4 +1,5 @@
-"""Small randomly initialised HuBERT, wav2vec 2.0 and WavLM models for tests and examples.
+"""Small randomly initialised HuBERT, wav2vec 2.0 and WavLM models for tests and examples, and models with
+known structure (:func:`make_identity_layers`).
 
 Each builder uses s3prl's own model classes and saves the model in that family's real *local*
 checkpoint format (the format that s3prl's ``hubert_local`` / ``wav2vec2_local`` / ``wavlm_local``
@@ -8,11 +9,13 @@ Seeds are fixed: the same call gives the same weights.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
+
+from ..io import atomic_torch_save
+from ..pretrain.model import NO_DROPOUT
 
 TINY_CONV = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"  # 320x down-sampling, as the real models
 
@@ -24,12 +27,7 @@ _ENCODER = dict(
     conv_feature_layers=TINY_CONV,
     conv_pos=16,
     conv_pos_groups=4,
-    dropout=0.0,
-    attention_dropout=0.0,
-    activation_dropout=0.0,
-    encoder_layerdrop=0.0,
-    dropout_input=0.0,
-    dropout_features=0.0,
+    **NO_DROPOUT,
 )
 
 FAMILIES = ("hubert", "wav2vec2", "wavlm")
@@ -44,15 +42,6 @@ BASE_OVERRIDES = dict(
     conv_pos=128,
     conv_pos_groups=16,
 )
-
-
-def _atomic_save(obj: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def hubert_checkpoint(num_layers: int = 4, seed: int = 0, **overrides) -> Dict[str, Any]:
@@ -121,10 +110,30 @@ def build_checkpoint(family: str, num_layers: int = 4, seed: int = 0, **override
 
 def save_tiny_checkpoint(family: str, path, num_layers: int = 4, seed: int = 0, **overrides) -> Path:
     """Build a small random model of ``family`` and save it where s3prl's ``<family>_local`` entry loads it."""
-    return _atomic_save(build_checkpoint(family, num_layers=num_layers, seed=seed, **overrides), Path(path))
+    return atomic_torch_save(build_checkpoint(family, num_layers=num_layers, seed=seed, **overrides), Path(path))
 
 
-def random_wavs(lengths=(16000, 12345), seed: int = 0):
-    """A list of 1-D float32 waveforms of the given lengths (16 kHz), as s3prl upstreams take them."""
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, generator=g) * 0.1 for n in lengths]
+def make_identity_layers(ckpt: Mapping[str, Any], layers: Sequence[int], keep_biases: bool = False) -> Dict[str, Any]:
+    """A copy of ``ckpt`` (pre-layer-norm) whose ``layers`` compute ``x`` (or ``x + c`` with ``keep_biases``)."""
+    from ..families import FAMILIES, detect_family
+
+    fam = FAMILIES[detect_family(ckpt)]
+    cfg = ckpt[fam.config_key]
+    if not cfg.get("layer_norm_first", False):
+        raise ValueError("identity layers need a pre-layer-norm model (layer_norm_first=True): a post-LN layer normalises its output")
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    out = dict(ckpt)
+    weights = dict(fam.weights(ckpt))
+    for l in layers:
+        for name in ("self_attn.out_proj", "fc2"):
+            w = f"encoder.layers.{l}.{name}.weight"
+            weights[w] = weights[w].clone().zero_()
+            if not keep_biases:
+                weights[f"encoder.layers.{l}.{name}.bias"] = weights[f"encoder.layers.{l}.{name}.bias"].clone().zero_()
+            else:
+                b = f"encoder.layers.{l}.{name}.bias"
+                weights[b] = torch.randn(weights[b].shape, generator=g) * 0.5
+    out[fam.weights_key] = weights
+    return out

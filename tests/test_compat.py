@@ -9,7 +9,7 @@ import soundfile
 import torch
 import torchaudio
 
-from conftest import run_python
+from s3prl_redundancy.testing.processes import run_python
 from s3prl_redundancy import compat
 
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import run_python
+from s3prl_redundancy.testing.processes import run_python
 from s3prl_redundancy.commands import doctor
 
 

@@ -12,7 +12,7 @@ reports) calls them directly, the way ``torchmetrics.functional`` pairs with its
 CKA from statistics: :func:`linear_cka_from_moments` (sums and second moments of frames, centred here)
 and, for any number of layers, :func:`hsic_debiased` + :func:`normalise_hsic` on the centred
 Frobenius products. Gram-matrix (n x n) reference implementations, kept independent as test oracles,
-are in :mod:`.gram_reference`.
+are in :mod:`s3prl_redundancy.testing.oracles` (test side).
 """
 
 from __future__ import annotations

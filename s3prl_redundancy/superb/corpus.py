@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from ..io import OutputDir, atomic_path, atomic_write_text, read_json
 from . import datafiles
 from .recipe_files import recipe_override_string
 from .tasks import TASKS, normalize_task
-from .tasks.ks import KS_CLASSES, KS_COMMANDS, ks_hash_band
+from .tasks.ks import KS_COMMANDS, ks_hash_band
 from .tts import SAMPLE_RATE, Voice, espeak_version, find_espeak, synthesize
 
 PathLike = Union[str, "os.PathLike[str]"]

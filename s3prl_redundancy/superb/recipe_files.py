@@ -26,7 +26,7 @@ import yaml
 
 from ..errors import UserInputError
 from .datafiles import write_if_changed
-from .tasks import PLACEHOLDER, TASKS, get_task, is_placeholder, normalize_task
+from .tasks import TASKS, is_placeholder, normalize_task
 from .tasks.er import ER_FOLDS
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Union
 
-from .base import LayoutError, Task, need_dir, need_file, probe_audio
+PathLike = Union[str, "os.PathLike[str]"]
+
+from .base import LayoutError, Task, need_dir, probe_audio
 
 KS_COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 KS_CLASSES = KS_COMMANDS + ("_unknown_", "_silence_")

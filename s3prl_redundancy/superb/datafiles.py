@@ -336,6 +336,39 @@ def write_iemocap_meta(
 # --------------------------------------------------------------------------------------------------
 
 
+def _utterance_lengths(root: Path, split: str, audio_extension: str) -> list:
+    """``[(path relative to root, samples)]`` of one LibriSpeech split, checked as s3prl's ASR dataset asserts
+    (``<spk>/<chapter>/`` folders with their transcript, 16 kHz audio)."""
+    import soundfile as sf
+
+    split_dir = root / split
+    files = sorted(p for p in split_dir.rglob("*" + audio_extension) if _visible(p.name))
+    if not files:
+        raise UserInputError(f"no {audio_extension} files under {split_dir}; expected <spk>/<chapter>/<spk>-<chapter>-<utt>{audio_extension}", argument="libri_root")
+    rows = []
+    checked_chapters = set()
+    for path in files:
+        rel = path.relative_to(root)
+        if len(rel.parts) != 4:
+            raise UserInputError(
+                f"{path} is not at {split}/<spk>/<chapter>/<utt>{audio_extension}; s3prl's ASR dataset reads the "
+                "transcript <spk>-<chapter>.trans.txt from the file's parent folder.", argument="libri_root"
+            )
+        chapter_dir = path.parent
+        if chapter_dir not in checked_chapters:
+            trans = chapter_dir / f"{rel.parts[1]}-{rel.parts[2]}.trans.txt"
+            if not trans.is_file():
+                raise UserInputError(f"transcript {trans} is missing (s3prl's ASR dataset asserts it exists).", argument="libri_root")
+            checked_chapters.add(chapter_dir)
+        info = sf.info(str(path))
+        if info.samplerate != 16000:
+            raise UserInputError(
+                f"{path} is {info.samplerate} Hz; s3prl's ASR dataset asserts 16000 Hz. Resample the corpus to 16 kHz.", argument="libri_root"
+            )
+        rows.append((rel.as_posix(), int(info.frames)))
+    return rows
+
+
 def write_len_for_bucket(
     libri_root: PathLike,
     out_dir: PathLike,
@@ -353,8 +386,6 @@ def write_len_for_bucket(
     ``<spk>-<chapter>.trans.txt`` and that the audio is 16 kHz (the dataset asserts both).
     Returns ``{split: number of utterances}``.
     """
-    import soundfile as sf
-
     root = _require_dir(
         Path(libri_root), "LibriSpeech root (libri_root)",
         "Point it at the LibriSpeech/ folder holding train-clean-100/, dev-clean/ and test-clean/.", "libri_root",
@@ -372,30 +403,7 @@ def write_len_for_bucket(
                 f"LibriSpeech split folder {split_dir} does not exist. Download and unpack {split} from "
                 "https://www.openslr.org/12 into the LibriSpeech root, or leave it out of splits.", argument="libri_root"
             )
-        files = sorted(p for p in split_dir.rglob("*" + audio_extension) if _visible(p.name))
-        if not files:
-            raise UserInputError(f"no {audio_extension} files under {split_dir}; expected <spk>/<chapter>/<spk>-<chapter>-<utt>{audio_extension}", argument="libri_root")
-        rows = []
-        checked_chapters = set()
-        for path in files:
-            rel = path.relative_to(root)
-            if len(rel.parts) != 4:
-                raise UserInputError(
-                    f"{path} is not at {split}/<spk>/<chapter>/<utt>{audio_extension}; s3prl's ASR dataset reads the "
-                    "transcript <spk>-<chapter>.trans.txt from the file's parent folder.", argument="libri_root"
-                )
-            chapter_dir = path.parent
-            if chapter_dir not in checked_chapters:
-                trans = chapter_dir / f"{rel.parts[1]}-{rel.parts[2]}.trans.txt"
-                if not trans.is_file():
-                    raise UserInputError(f"transcript {trans} is missing (s3prl's ASR dataset asserts it exists).", argument="libri_root")
-                checked_chapters.add(chapter_dir)
-            info = sf.info(str(path))
-            if info.samplerate != 16000:
-                raise UserInputError(
-                    f"{path} is {info.samplerate} Hz; s3prl's ASR dataset asserts 16000 Hz. Resample the corpus to 16 kHz.", argument="libri_root"
-                )
-            rows.append((rel.as_posix(), int(info.frames)))
+        rows = _utterance_lengths(root, split, audio_extension)
         rows.sort(key=lambda r: (-r[1], r[0]))
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")

@@ -255,6 +255,38 @@ def _reference_label(exproot: Path, labels: Sequence[str], reference: Optional[s
     return (saved if saved in labels else order[0]), order
 
 
+def _row(label: str, info: Mapping[str, Any], ref_tasks: Mapping[str, Any], cost: Mapping[str, Any]
+         ) -> Tuple[Dict[str, Any], List[str]]:
+    """One upstream's row (scores, capacity kept, cost) and the tasks that did not finish."""
+    tasks = info["tasks"]
+    row: Dict[str, Any] = {"upstream": label, "hub_entry": info["hub_entry"]}
+    failures, failed = [], []
+    for task in TASK_ORDER:
+        cell = tasks.get(task)
+        row[SCORE_COLUMN[task]] = cell["value"] if cell else float("nan")
+        if cell and cell["failure"]:
+            failures.append(f"{task}: {cell['failure']}")
+            failed.append(task)
+        ref_cell = ref_tasks.get(task)
+        row[CAPACITY_COLUMN[task]] = capacity_kept(task, row[SCORE_COLUMN[task]],
+                                                  ref_cell["value"] if ref_cell else float("nan"))
+    defined = [t for t in TASK_ORDER if not math.isnan(row[CAPACITY_COLUMN[t]])]
+    row["capacity_avg"] = (sum(row[CAPACITY_COLUMN[t]] for t in defined) / len(defined)) if defined else float("nan")
+    row["capacity_tasks"] = ",".join(defined)
+    row["er_folds"] = ",".join(f.replace("fold", "") for f in tasks.get("er", {}).get("folds") or [])
+    row["learning_rates"] = ",".join(f"{t}={lr:g}" for t, lr in sorted(info["learning_rates"].items()))
+    if "error" in cost:
+        failures.append(f"cost: {cost['error']}")
+    row["params_total"] = cost.get("params_total", float("nan"))
+    row["params_stack"] = cost.get("params_stack") if cost.get("params_stack") is not None else float("nan")
+    row["macs_per_second"] = cost.get("macs_per_second", float("nan"))
+    lat = cost.get("latency_seconds_per_second")
+    row["latency_ms_per_second"] = lat * 1000.0 if lat is not None else float("nan")
+    row["latency_device"] = cost.get("device_name") or cost.get("device") or ""
+    row["failures"] = "; ".join(failures)
+    return row, failed
+
+
 def build_leaderboard(
     exproot: PathLike,
     reference: Optional[str] = None,
@@ -283,38 +315,13 @@ def build_leaderboard(
     rows = []
     failed_tasks: Dict[str, List[str]] = {}
     for label in order:
-        info = cells[label]
-        tasks = info["tasks"]
-        row: Dict[str, Any] = {"upstream": label, "hub_entry": info["hub_entry"]}
-        failures = []
-        for task in TASK_ORDER:
-            cell = tasks.get(task)
-            row[SCORE_COLUMN[task]] = cell["value"] if cell else float("nan")
-            if cell and cell["failure"]:
-                failures.append(f"{task}: {cell['failure']}")
-                failed_tasks.setdefault(label, []).append(task)
-            ref_cell = ref_tasks.get(task)
-            row[CAPACITY_COLUMN[task]] = capacity_kept(task, row[SCORE_COLUMN[task]],
-                                                      ref_cell["value"] if ref_cell else float("nan"))
-        defined = [t for t in TASK_ORDER if not math.isnan(row[CAPACITY_COLUMN[t]])]
-        row["capacity_avg"] = (sum(row[CAPACITY_COLUMN[t]] for t in defined) / len(defined)) if defined else float("nan")
-        row["capacity_tasks"] = ",".join(defined)
-        folds = tasks.get("er", {}).get("folds") or []
-        row["er_folds"] = ",".join(f.replace("fold", "") for f in folds)
+        row, failed = _row(label, cells[label], ref_tasks, (cost_data.get("upstreams") or {}).get(label) or {})
+        if failed:
+            failed_tasks[label] = failed
+        folds = cells[label]["tasks"].get("er", {}).get("folds") or []
         if folds and ref_folds and folds != ref_folds:
             notes.append(f"{label}: ER averaged over folds {row['er_folds']}, the reference over "
                          f"{','.join(f.replace('fold', '') for f in ref_folds)}")
-        row["learning_rates"] = ",".join(f"{t}={lr:g}" for t, lr in sorted(info["learning_rates"].items()))
-        c = (cost_data.get("upstreams") or {}).get(label) or {}
-        if "error" in c:
-            failures.append(f"cost: {c['error']}")
-        row["params_total"] = c.get("params_total", float("nan"))
-        row["params_stack"] = c.get("params_stack") if c.get("params_stack") is not None else float("nan")
-        row["macs_per_second"] = c.get("macs_per_second", float("nan"))
-        lat = c.get("latency_seconds_per_second")
-        row["latency_ms_per_second"] = lat * 1000.0 if lat is not None else float("nan")
-        row["latency_device"] = c.get("device_name") or c.get("device") or ""
-        row["failures"] = "; ".join(failures)
         rows.append(row)
     for task in TASK_ORDER:
         ref_cell = ref_tasks.get(task)

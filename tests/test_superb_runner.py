@@ -516,3 +516,97 @@ def test_superb_command_reports_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--learning-rate: 'hubert_local:ks=abc': 'abc' is not a number" in err
     assert not (tmp_path / "exp").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the Launcher interface: job ids in run.json, adopting a job after the runner died
+# --------------------------------------------------------------------------------------------------
+
+
+class _RunnerDied(BaseException):
+    """Stands for the runner process being killed while it waits on a job (run.json keeps the job id)."""
+
+
+class JobLauncher(ln.Launcher):
+    """A launcher whose jobs outlive the runner: ``launch`` queues the fake s3prl, ``wait`` runs it."""
+
+    name = "jobs"
+
+    def __init__(self, fake_s3prl, die_on=()):
+        self.fake, self.die_on, self.jobs, self.adopted, self.cancelled = fake_s3prl, set(die_on), {}, [], []
+
+    def launch(self, request):
+        job_id = f"job-{len(self.jobs) + 1}"
+        self.jobs[job_id] = request
+        launcher = self
+
+        class _Handle(ln.Handle):
+            def __init__(self):
+                self.job_id = job_id
+
+            def wait(self):
+                if (request.name, request.phase) in launcher.die_on:
+                    launcher.die_on.discard((request.name, request.phase))
+                    raise _RunnerDied()
+                return launcher.fake(request.command, request.log, request.cwd, request.env)
+
+            def cancel(self):
+                launcher.cancelled.append(job_id)
+
+        return _Handle()
+
+    def adopt(self, job_id, request):
+        if job_id not in self.jobs:
+            return None
+        self.adopted.append((job_id, request.name, request.phase))
+        queued = self.jobs[job_id]
+        fake = self.fake
+
+        class _Adopted(ln.Handle):
+            def wait(self):
+                return fake(queued.command, queued.log, queued.cwd, queued.env)
+
+        return _Adopted()
+
+
+def test_job_ids_are_recorded_and_adopted_after_the_runner_died(fake):
+    fake_s3prl, ckpts, tmp_path = fake
+    opts = _options(ckpts, tmp_path, upstreams="base=hubert_local", tasks="ks")
+    launcher = JobLauncher(fake_s3prl, die_on={("base/ks", "train")})
+    with pytest.raises(_RunnerDied):
+        rn.run_superb(opts, launcher=launcher, validate_hub=False)
+    record = json.loads((tmp_path / "exp/runs/base/ks/run.json").read_text())
+    assert record["status"] == "training"
+    assert record["train"]["job_id"] == "job-1" and record["train"]["launcher"] == "jobs"
+    assert fake_s3prl.calls == [] and launcher.cancelled == ["job-1"]
+
+    summary = rn.run_superb(opts, launcher=launcher, validate_hub=False)  # the job is adopted, not launched again
+    assert launcher.adopted == [("job-1", "base/ks", "train")]
+    assert [c["mode"] for c in fake_s3prl.calls] == ["train", "evaluate"] and summary["failed"] == []
+    record = json.loads((tmp_path / "exp/runs/base/ks/run.json").read_text())
+    assert record["status"] == "finished" and record["train"]["attempts"] == 1
+    assert "job_id" not in record["train"] and "job_id" not in record["test"]  # finished jobs are forgotten
+
+
+def test_a_plain_function_is_a_launcher():
+    seen = []
+    launcher = ln.as_launcher(lambda command, log, cwd, env: seen.append((command, log)) or 3)
+    request = ln.LaunchRequest(command=["x"], log=Path("l"), cwd=Path("."), env={}, phase="train", name="a/ks")
+    handle = launcher.launch(request)
+    assert handle.job_id is None and handle.wait() == 3 and seen == [(["x"], Path("l"))]
+    assert isinstance(ln.as_launcher(None), ln.SubprocessLauncher)
+
+
+def test_force_writes_beside_foreign_files_and_later_runs_continue(fake):
+    launcher, ckpts, tmp_path = fake
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "notes.txt").write_text("mine")
+    opts = _options(ckpts, tmp_path, upstreams="base=hubert_local", tasks="ks", force=True)
+    assert rn.run_superb(opts, launcher=launcher, validate_hub=False)["failed"] == []
+    launcher.calls.clear()
+    again = _options(ckpts, tmp_path, upstreams="base=hubert_local", tasks="ks")  # no force: the folder is ours now
+    assert rn.run_superb(again, launcher=launcher, validate_hub=False)["failed"] == []
+    assert launcher.calls == [] and (tmp_path / "exp" / "notes.txt").read_text() == "mine"
+    marker = json.loads((tmp_path / "exp" / ".s3prl-redundancy.json").read_text())
+    assert marker["command"] == "superb" and {"superb.json", "runs", "leaderboard.md"} <= set(marker["files"])
+    assert "notes.txt" not in marker["files"]

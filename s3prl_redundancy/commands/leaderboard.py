@@ -29,11 +29,9 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..errors import UserInputError
-    from ..superb.leaderboard import build_leaderboard, write_leaderboard
+    from ..superb.leaderboard import build_leaderboard, check_cost_options, write_leaderboard
 
-    if args.cost_repeats < 1 or args.cost_seconds <= 0:
-        raise UserInputError("must be >= 1 and `cost_seconds` > 0", argument="cost_repeats")
+    check_cost_options(args.cost_seconds, args.cost_repeats)
     if args.device != "cpu":
         from ..upstream_loading import resolve_device
 

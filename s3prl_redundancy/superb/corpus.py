@@ -193,7 +193,7 @@ def load_corpus(root: PathLike) -> CorpusInfo:
     if not path.is_file():
         raise UserInputError(
             f"{path} does not exist: {root} is not a mini-SUPERB corpus. Build one with "
-            "s3prl_redundancy.superb.corpus.build_corpus (the `corpus` command).", argument="root")
+            "s3prl_redundancy.superb.corpus.build_corpus (the corpus command).", argument="root")
     manifest = read_json(path, "mini-SUPERB manifest", argument="root")
     if manifest.get("generator") != GENERATOR:
         raise UserInputError(f"{path} was not written by {GENERATOR}", argument="root")

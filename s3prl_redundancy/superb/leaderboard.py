@@ -56,7 +56,7 @@ def collect_runs(exproot: PathLike) -> List[Dict[str, Any]]:
     """Every ``runs/<label>/<run>/run.json`` under ``exproot`` (sorted by path)."""
     root = Path(exproot)
     if not root.is_dir():
-        raise UserInputError(f"{root} does not exist; give the output folder of a `superb` run", argument="exproot")
+        raise UserInputError(f"{root} does not exist; give the output folder of a superb run", argument="exproot")
     runs = []
     for path in sorted((root / RUNS_DIR).glob(f"*/*/{RUN_JSON}")):
         record = read_run_json(path.parent)
@@ -157,6 +157,12 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> List[bool]:
 # --------------------------------------------------------------------------------------------------
 # cost
 # --------------------------------------------------------------------------------------------------
+
+
+def check_cost_options(cost_seconds: float, cost_repeats: int) -> None:
+    """Refuse a cost measurement that cannot be made, before any work."""
+    if cost_repeats < 1 or cost_seconds <= 0:
+        raise UserInputError("must be >= 1 and `cost_seconds` > 0", argument="cost_repeats")
 
 
 def _cost_key(info: Mapping[str, Mapping[str, Any]], device: str, seconds: float, repeats: int, threads) -> Dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import UserInputError
 from . import recipe_files as rf
+from .leaderboard import check_cost_options
 from .runs import EXPDIR_NAME, LOCK_NAME, RUN_JSON, read_run_json, run_dir
 from .tasks import TASK_ORDER, TASKS, LayoutError, check_layout
 from .tasks.er import ER_FOLDS
@@ -99,8 +100,7 @@ class SuperbOptions:
             raise UserInputError(f"{self.reference!r} is not one of `upstreams` {labels}", argument="reference")
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise UserInputError(f"{self.device!r}: use cpu or cuda", argument="device")
-        if self.cost_repeats < 1 or self.cost_seconds <= 0:
-            raise UserInputError("`cost_repeats` must be >= 1 and `cost_seconds` > 0", argument="cost_repeats")
+        check_cost_options(self.cost_seconds, self.cost_repeats)
         return self
 
 

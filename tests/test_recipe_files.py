@@ -448,7 +448,7 @@ def test_learning_rate_and_fold_are_recorded():
     assert "s3prl/downstream/emotion/config.yaml" in rec["recipe_source"]
     with pytest.raises(UserInputError, match="fold1"):
         rf.load_recipe("er", test_fold="fold6")
-    with pytest.raises(UserInputError, match="only applies to the er task"):
+    with pytest.raises(UserInputError, match=r"test_fold: only applies to a task with folds \(er\), not ks"):
         rf.load_recipe("ks", test_fold="fold1")
     with pytest.raises(UserInputError, match="positive"):
         rf.load_recipe("ks", learning_rate=0)

@@ -154,7 +154,7 @@ def resolve_data(
             datarc[task] = _find_dataset_paths(root, task)
     for task in tasks:
         datarc[task].update(overrides.get(task, {}))
-        folds = list(er_folds) if task == "er" else [None]
+        folds = list(er_folds) if TASKS[task].folds else [None]
         for fold in folds:
             extra = {"test_fold": fold} if fold else {}
             try:
@@ -239,7 +239,7 @@ def plan_runs(opts: SuperbOptions, datarc: Mapping[str, Mapping[str, str]], data
         for task in opts.tasks:
             lr = opts.learning_rates.get((up.label, task))
             overrides = dict(opts.recipe_overrides.get(task, {}))
-            for fold in (opts.er_folds if task == "er" else [None]):
+            for fold in (opts.er_folds if TASKS[task].folds else [None]):
                 config = rf.load_recipe(task, opts.profile, overrides, learning_rate=lr, test_fold=fold,
                                         datarc=datarc[task])
                 fields = {

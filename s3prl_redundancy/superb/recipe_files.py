@@ -27,7 +27,6 @@ import yaml
 from ..errors import UserInputError
 from .datafiles import write_if_changed
 from .tasks import TASKS, is_placeholder, normalize_task
-from .tasks.er import ER_FOLDS
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -175,14 +174,16 @@ def _check_data_value(task: str, key: str, value: Any) -> str:
 
 
 def _normalize_fold(task: str, test_fold: Any) -> str:
-    """``fold3`` / ``3`` / ``Fold3`` -> ``fold3`` (ER only)."""
-    if task != "er":
-        raise UserInputError(f"test_fold only applies to the er task, not {task}", argument="test_fold")
+    """``fold3`` / ``3`` / ``Fold3`` -> ``fold3`` (tasks with folds: ER)."""
+    folds = TASKS[task].folds
+    if not folds:
+        raise UserInputError(f"only applies to a task with folds (er), not {task}", argument="test_fold")
     fold = str(test_fold).strip().lower()
     if fold.isdigit():
         fold = f"fold{fold}"
-    if fold not in ER_FOLDS:
-        raise UserInputError(f"test_fold must be one of {list(ER_FOLDS)} (the held-out IEMOCAP session), got {test_fold!r}", argument="test_fold")
+    if fold not in folds:
+        raise UserInputError(f"must be one of {list(folds)} (the held-out IEMOCAP session), got {test_fold!r}",
+                             argument="test_fold")
     return fold
 
 
@@ -236,7 +237,7 @@ def load_recipe(
             "official_learning_rate": official.get("optimizer", {}).get("lr"),
             "learning_rate": float(learning_rate) if learning_rate is not None else None,
             "effective_learning_rate": config.get("optimizer", {}).get("lr"),
-            "test_fold": config["downstream_expert"]["datarc"].get("test_fold") if task == "er" else None,
+            "test_fold": config["downstream_expert"]["datarc"].get("test_fold") if spec.folds else None,
             "profile_overrides": copy.deepcopy(profile_overrides),
             "overrides": copy.deepcopy(user),
             "changes": _diff(official, config),

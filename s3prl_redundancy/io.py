@@ -320,7 +320,7 @@ class OutputDir:
                 f"{self.path} already holds the outputs of a previous \"{self.command}\" run ({_listing(previous)}); "
                 "pass `force=True` to replace them (nothing else is deleted), or choose another folder",
                 argument=self.argument)
-        if foreign and not self.force:
+        if foreign and not self.force and not (self.resume and previous):  # accepted when the run began
             raise UserInputError(
                 f"{self.path} is not empty and holds files that \"{self.command}\" did not write ({_listing(foreign)}); "
                 "choose a new or empty folder, or pass `force=True` to write beside them (they are never deleted)",

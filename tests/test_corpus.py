@@ -24,8 +24,13 @@ import pytest
 import soundfile as sf
 
 from s3prl_redundancy.errors import UserInputError
+from s3prl_redundancy import cli
+from s3prl_redundancy.io import MARKER
 from s3prl_redundancy.superb import corpus as cp
+from s3prl_redundancy.superb import datafiles
 from s3prl_redundancy.superb import recipe_files as rf
+from s3prl_redundancy.superb import tasks
+from s3prl_redundancy.superb.tasks import ks as ks_task
 from s3prl_redundancy.superb import tts
 
 needs_espeak = pytest.mark.skipif(
@@ -167,9 +172,10 @@ def test_manifest(corpus):
     root = corpus.root
     manifest = json.loads((root / "corpus.json").read_text())
     assert manifest["size"] == "tiny" and manifest["seed"] == 0 and manifest["sample_rate"] == 16000
-    assert manifest["n_files"] == len(_tree(root)) - 1 == corpus.n_files
+    assert manifest["n_files"] == len(_tree(root)) - 2 == corpus.n_files  # corpus.json and the output marker
+    assert (root / MARKER).is_file()
     assert set(manifest["tasks"]) == {"ks", "sid", "er", "asr"}
-    for task, spec in rf.TASKS.items():
+    for task, spec in tasks.TASKS.items():
         entry = manifest["tasks"][task]
         assert entry["downstream"] == spec.downstream
         assert list(entry["datarc"]) == list(spec.data_keys)
@@ -186,11 +192,11 @@ def test_override_strings_fill_every_placeholder(corpus):
     helper = pytest.importorskip("s3prl.utility.helper")
     import argparse
 
-    for task in rf.TASKS:
+    for task in tasks.TASKS:
         cfg = rf.load_recipe(task, "smoke")
         helper.override(corpus.override_string(task), argparse.Namespace(), cfg)
         assert rf.unfilled_placeholders(cfg) == []
-        assert cp.check_layout(task, cfg["downstream_expert"]["datarc"])
+        assert tasks.check_layout(task, cfg["downstream_expert"]["datarc"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,7 +208,7 @@ def test_ks_train_dev_test_cover_every_command(corpus, ks_dataset_module):
     datarc = corpus.datarc_for("ks")
     train_list, valid_list = split_dataset(datarc["speech_commands_root"])
     assert train_list and valid_list
-    ours_train, ours_dev = cp.ks_split(datarc["speech_commands_root"])
+    ours_train, ours_dev = ks_task.ks_split(datarc["speech_commands_root"])
     assert sorted(map(str, ours_train)) == sorted(map(str, train_list))
     assert sorted(map(str, ours_dev)) == sorted(map(str, valid_list))
     ds = ks_dataset_module
@@ -226,7 +232,7 @@ def test_ks_train_dev_test_cover_every_command(corpus, ks_dataset_module):
 def test_ks_files(corpus):
     root = Path(corpus.datarc_for("ks")["speech_commands_root"])
     test_root = Path(corpus.datarc_for("ks")["speech_commands_test_root"])
-    assert sorted(p.name for p in test_root.iterdir()) == sorted(cp.KS_CLASSES)
+    assert sorted(p.name for p in test_root.iterdir()) == sorted(ks_task.KS_CLASSES)
     unknown = corpus.counts["ks"]["unknown_words"]
     assert len(unknown) == 4 and not set(unknown) & set(COMMANDS)
     assert sorted(p.name for p in root.iterdir()) == sorted(COMMANDS + unknown + ["_background_noise_"])
@@ -345,8 +351,8 @@ def test_er_label_files_follow_iemocap(corpus):
 
 def test_asr_transcripts_match_files(corpus):
     root = Path(corpus.datarc_for("asr")["libri_root"])
-    symbols = set(rf.read_char_dict(corpus.datarc_for("asr")["dict_path"]))
-    for split in rf.ASR_SPLITS:
+    symbols = set(datafiles.read_char_dict(corpus.datarc_for("asr")["dict_path"]))
+    for split in datafiles.ASR_SPLITS:
         flacs = sorted((root / split).glob("*/*/*.flac"))
         assert len(flacs) == corpus.counts["asr"][split] > 0
         transcripts = {}
@@ -363,7 +369,7 @@ def test_asr_transcripts_match_files(corpus):
             wav, sr = sf.read(str(flac))
             assert sr == 16000 and wav.ndim == 1 and wav.size > 16000
             assert sf.info(str(flac)).format == "FLAC"
-    spk_sets = [{p.name for p in (root / s).iterdir()} for s in rf.ASR_SPLITS]
+    spk_sets = [{p.name for p in (root / s).iterdir()} for s in datafiles.ASR_SPLITS]
     assert not (spk_sets[0] & spk_sets[1]) and not (spk_sets[0] & spk_sets[2])
 
 
@@ -387,14 +393,14 @@ def test_asr_with_expert_dataset(corpus, sf_torchaudio):
 
 
 def test_check_layout_accepts_the_corpus(corpus):
-    ks = cp.check_layout("ks", corpus.datarc_for("ks"))
+    ks = tasks.check_layout("ks", corpus.datarc_for("ks"))
     assert ks["train"] == 56 and ks["dev"] == 28 and ks["test"] == 32 and ks["background_noise"] == 3
-    assert set(ks["test_per_class"]) == set(cp.KS_CLASSES)
-    sid = cp.check_layout("voxceleb1", corpus.datarc_for("sid")["file_path"], meta_data=corpus.datarc_for("sid")["meta_data"])
+    assert set(ks["test_per_class"]) == set(ks_task.KS_CLASSES)
+    sid = tasks.check_layout("voxceleb1", corpus.datarc_for("sid")["file_path"], meta_data=corpus.datarc_for("sid")["meta_data"])
     assert sid == {"speakers": 6, "utterances": 36, "train": 24, "dev": 6, "test": 6}
-    er = cp.check_layout("er", corpus.datarc_for("er"), test_fold="fold2")
+    er = tasks.check_layout("er", corpus.datarc_for("er"), test_fold="fold2")
     assert er["fold2:test"] == 16 and er["fold2:train"] == 64
-    asr = cp.check_layout("asr", corpus.datarc_for("asr"))
+    asr = tasks.check_layout("asr", corpus.datarc_for("asr"))
     assert asr == {"train-clean-100": 20, "dev-clean": 8, "test-clean": 8, "dict_symbols": 28}
 
 
@@ -410,19 +416,19 @@ def test_check_layout_ks_errors(scratch):
     sc, test = scratch / "speech_commands_v0.01", scratch / "speech_commands_test_set_v0.01"
     shutil.rmtree(test / "up")
     (test / "marvin").mkdir()
-    with pytest.raises(cp.LayoutError, match=r"marvin is not one of the 12 classes"):
-        cp.check_layout("ks", sc, speech_commands_test_root=test)
+    with pytest.raises(tasks.LayoutError, match=r"marvin is not one of the 12 classes"):
+        tasks.check_layout("ks", sc, speech_commands_test_root=test)
     shutil.rmtree(sc / "stop")
-    with pytest.raises(cp.LayoutError, match=r"expected folder .*speech_commands_v0.01/stop.*one folder per word"):
-        cp.check_layout("ks", sc)
-    with pytest.raises(cp.LayoutError, match=r"expected folder .*nowhere.*speech_commands_v0.01.tar.gz"):
-        cp.check_layout("ks", scratch / "nowhere")
+    with pytest.raises(tasks.LayoutError, match=r"expected folder .*speech_commands_v0.01/stop.*one folder per word"):
+        tasks.check_layout("ks", sc)
+    with pytest.raises(tasks.LayoutError, match=r"expected folder .*nowhere.*speech_commands_v0.01.tar.gz"):
+        tasks.check_layout("ks", scratch / "nowhere")
     shutil.copytree(sc / "go", sc / "stop")
     for wav in list(sc.glob("*/*_nohash_*.wav")):  # drop the dev-band speakers: the dev split becomes empty
-        if cp._ks_hash_band(wav.name.split("_nohash_")[0]) == "dev":
+        if ks_task.ks_hash_band(wav.name.split("_nohash_")[0]) == "dev":
             wav.unlink()
-    with pytest.raises(cp.LayoutError, match=r"dev split .* is empty.*sha1"):
-        cp.check_layout("ks", sc)
+    with pytest.raises(tasks.LayoutError, match=r"dev split .* is empty.*sha1"):
+        tasks.check_layout("ks", sc)
 
 
 def test_check_layout_sid_errors(scratch):
@@ -430,31 +436,31 @@ def test_check_layout_sid_errors(scratch):
     lines = (vox / "iden_split.txt").read_text().splitlines()
     victim = lines[0].split()[1]
     next(vox.glob("*/wav/" + victim)).unlink()
-    with pytest.raises(cp.LayoutError, match=re.escape(victim) + r".*no .*/\*/wav/"):
-        cp.check_layout("sid", vox, meta_data=vox / "iden_split.txt")
+    with pytest.raises(tasks.LayoutError, match=re.escape(victim) + r".*no .*/\*/wav/"):
+        tasks.check_layout("sid", vox, meta_data=vox / "iden_split.txt")
     (vox / "iden_split.txt").write_text("\n".join(l for l in lines[1:] if not l.startswith("2 ")) + "\n")
-    with pytest.raises(cp.LayoutError, match=r"no '2 \.\.\.' \(dev\) lines"):
-        cp.check_layout("sid", vox, meta_data=vox / "iden_split.txt")
-    with pytest.raises(cp.LayoutError, match=r"missing_split.txt.*iden_split.txt.*write_voxceleb1_split"):
-        cp.check_layout("sid", vox, meta_data=vox / "missing_split.txt")
+    with pytest.raises(tasks.LayoutError, match=r"no '2 \.\.\.' \(dev\) lines"):
+        tasks.check_layout("sid", vox, meta_data=vox / "iden_split.txt")
+    with pytest.raises(tasks.LayoutError, match=r"missing_split.txt.*iden_split.txt.*write_voxceleb1_split"):
+        tasks.check_layout("sid", vox, meta_data=vox / "missing_split.txt")
     next(vox.glob("*/wav/" + victim.split("/")[0])).rename(vox / "dev" / "wav" / "speaker7")
-    with pytest.raises(cp.LayoutError, match=r"speaker7.*id10001\.\.id11251"):
-        cp.check_layout("sid", vox)
+    with pytest.raises(tasks.LayoutError, match=r"speaker7.*id10001\.\.id11251"):
+        tasks.check_layout("sid", vox)
 
 
 def test_check_layout_er_errors(scratch):
     iem = scratch / "IEMOCAP"
     shutil.rmtree(iem / "meta_data" / "Session4")
-    with pytest.raises(cp.LayoutError, match=r"Session4/train_meta_data.json.*write_iemocap_meta"):
-        cp.check_layout("er", iem, meta_data=iem / "meta_data")
-    cp.check_layout("er", iem, meta_data=iem / "meta_data", test_fold="fold1")  # other folds are fine
+    with pytest.raises(tasks.LayoutError, match=r"Session4/train_meta_data.json.*write_iemocap_meta"):
+        tasks.check_layout("er", iem, meta_data=iem / "meta_data")
+    tasks.check_layout("er", iem, meta_data=iem / "meta_data", test_fold="fold1")  # other folds are fine
     wav = next((iem / "Session1" / "sentences" / "wav").rglob("*.wav"))
     wav.unlink()
-    with pytest.raises(cp.LayoutError, match=re.escape(wav.name) + r".*relative to the ER root"):
-        cp.check_layout("er", iem, meta_data=iem / "meta_data", test_fold="fold1")
+    with pytest.raises(tasks.LayoutError, match=re.escape(wav.name) + r".*relative to the ER root"):
+        tasks.check_layout("er", iem, meta_data=iem / "meta_data", test_fold="fold1")
     shutil.rmtree(iem / "Session3")
-    with pytest.raises(cp.LayoutError, match=r"Session3/sentences/wav"):
-        cp.check_layout("er", iem)
+    with pytest.raises(tasks.LayoutError, match=r"Session3/sentences/wav"):
+        tasks.check_layout("er", iem)
 
 
 def test_check_layout_asr_errors(scratch):
@@ -462,18 +468,18 @@ def test_check_layout_asr_errors(scratch):
     trans = next((libri / "dev-clean").rglob("*.trans.txt"))
     lines = trans.read_text().splitlines()
     trans.write_text("\n".join(lines[1:]) + "\n")
-    with pytest.raises(cp.LayoutError, match=lines[0].split()[0] + r".flac has no line in"):
-        cp.check_layout("asr", libri)
+    with pytest.raises(tasks.LayoutError, match=lines[0].split()[0] + r".flac has no line in"):
+        tasks.check_layout("asr", libri)
     trans.unlink()
-    with pytest.raises(cp.LayoutError, match=re.escape(trans.name) + r".*needs <spk>-<chapter>.trans.txt"):
-        cp.check_layout("asr", libri)
-    with pytest.raises(cp.LayoutError, match=r"expected folder .*bucket_missing.*write_len_for_bucket"):
-        cp.check_layout("asr", libri, splits=["test-clean"], bucket_file=scratch / "bucket_missing")
+    with pytest.raises(tasks.LayoutError, match=re.escape(trans.name) + r".*needs <spk>-<chapter>.trans.txt"):
+        tasks.check_layout("asr", libri)
+    with pytest.raises(tasks.LayoutError, match=r"expected folder .*bucket_missing.*write_len_for_bucket"):
+        tasks.check_layout("asr", libri, splits=["test-clean"], bucket_file=scratch / "bucket_missing")
     (scratch / "bucket").mkdir()
-    with pytest.raises(cp.LayoutError, match=r"bucket/test-clean.csv.*write_len_for_bucket"):
-        cp.check_layout("asr", libri, splits=["test-clean"], bucket_file=scratch / "bucket")
-    with pytest.raises(cp.LayoutError, match="placeholder"):
-        cp.check_layout("asr", "<SET_BY_RUNNER:libri_root>")
+    with pytest.raises(tasks.LayoutError, match=r"bucket/test-clean.csv.*write_len_for_bucket"):
+        tasks.check_layout("asr", libri, splits=["test-clean"], bucket_file=scratch / "bucket")
+    with pytest.raises(tasks.LayoutError, match="placeholder"):
+        tasks.check_layout("asr", "<SET_BY_RUNNER:libri_root>")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,11 +490,11 @@ def test_check_layout_asr_errors(scratch):
 def test_same_seed_identical_other_seed_differs_and_force(corpus, tmp_path):
     other = tmp_path / "again"
     # one worker instead of two: the files must not depend on thread scheduling
-    assert cp.main(["--out", str(other), "--size", "tiny", "--seed", "0", "--quiet", "--workers", "1"]) == 0
+    assert cli.main(["corpus", "--out", str(other), "--size", "tiny", "--seed", "0", "--quiet", "--workers", "1"]) == 0
     assert _tree(other) == _tree(corpus.root)
     match, mismatch, errors = filecmp.cmpfiles(corpus.root, other, _tree(corpus.root), shallow=False)
-    assert not mismatch and not errors and len(match) == corpus.n_files + 1  # + corpus.json
-    with pytest.raises(cp.CorpusExistsError, match=r"not empty.*--force"):
+    assert not mismatch and not errors and len(match) == corpus.n_files + 2  # + corpus.json, output marker
+    with pytest.raises(UserInputError, match=r"previous `corpus` run.*`force=True`"):
         cp.build_corpus(other, "tiny", seed=1)
     assert cp.load_corpus(other).seed == 0  # untouched
     (other / "notes.txt").write_text("mine")
@@ -501,14 +507,16 @@ def test_same_seed_identical_other_seed_differs_and_force(corpus, tmp_path):
     assert (other / "corpus.json").read_text() != (corpus.root / "corpus.json").read_text()
 
 
-def test_refuses_foreign_folder_even_with_force(tmp_path):
+def test_refuses_foreign_folder_even_with_force(tmp_path, capsys):
     foreign = tmp_path / "data"
     (foreign / "LibriSpeech").mkdir(parents=True)
     (foreign / "LibriSpeech" / "keep.txt").write_text("user data")
-    with pytest.raises(cp.CorpusExistsError, match="not empty"):
-        cp.main(["--out", str(foreign)])
-    with pytest.raises(cp.CorpusExistsError, match="nothing is deleted"):
-        cp.main(["--out", str(foreign), "--force"])
+    assert cli.main(["corpus", "--out", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert "--out: " in err and "not empty" in err and "--force" in err
+    assert cli.main(["corpus", "--out", str(foreign), "--force"]) == 2  # its LibriSpeech/ would be overwritten
+    err = capsys.readouterr().err
+    assert "holds LibriSpeech, which" in err and "did not write and would overwrite" in err
     assert (foreign / "LibriSpeech" / "keep.txt").read_text() == "user data"
 
 
@@ -519,7 +527,7 @@ def test_small_is_a_few_times_tiny_and_keeps_every_split():
     assert counts["ks"]["speakers"] == {"train": 12, "dev": 4, "test": 4}
     for spk_band in ("train", "dev", "test"):
         spks = {j.rel.split("/")[-1].split("_nohash_")[0] for j in jobs if j.kind == "ks_word"
-                and cp._ks_hash_band(j.rel.split("/")[-1].split("_nohash_")[0]) == spk_band}
+                and ks_task.ks_hash_band(j.rel.split("/")[-1].split("_nohash_")[0]) == spk_band}
         assert len(spks) == counts["ks"]["speakers"][spk_band]
     assert len({j.rel for j in jobs}) == len(jobs)  # no two jobs write the same file
     assert len(texts) == sum(s * c for s, c in zip(cp.SIZES["small"].asr_speakers, cp.SIZES["small"].asr_chapters))
@@ -528,8 +536,8 @@ def test_small_is_a_few_times_tiny_and_keeps_every_split():
 
 def test_cli_arguments():
     with pytest.raises(SystemExit):
-        cp.main(["--out", "x", "--size", "huge"])
+        cli.main(["corpus", "--out", "x", "--size", "huge"])
     with pytest.raises(SystemExit):
-        cp.main([])
+        cli.main(["corpus"])
     with pytest.raises(UserInputError, match="seed"):
         cp.build_corpus("unused", seed=-1)

@@ -14,7 +14,7 @@ from s3prl_redundancy import cli
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.superb import leaderboard as lb
 from s3prl_redundancy.superb import results as res
-from s3prl_redundancy.superb import runner as rn
+from s3prl_redundancy.superb import runs, tasks
 
 # ------------------------------------------------------------------------------------------------
 # result parsing: text exactly as s3prl 0.4.18's experts write it (copied from a real tiny run)
@@ -139,13 +139,13 @@ def test_pareto_front():
 
 def _run(root: Path, label: str, task: str, value=None, fold=None, status="finished", entry="hubert_local",
          lr=None, args=None, error=None):
-    run_dir = root / "runs" / label / rn.run_dir_name(task, fold)
+    run_dir = root / "runs" / label / runs.run_dir_name(task, fold)
     run_dir.mkdir(parents=True, exist_ok=True)
     metric = None
     if status == "finished":
-        metric = {"task": task, "metric": res.METRIC[task], "value": value,
-                  "unit": res.UNIT[res.METRIC[task]], "fold": fold}
-    record = {"format": rn.RUN_FORMAT, "upstream": label, "hub_entry": entry, "task": task, "fold": fold,
+        metric = {"task": task, "metric": tasks.TASKS[task].metric, "value": value,
+                  "unit": tasks.TASKS[task].unit, "fold": fold}
+    record = {"format": runs.RUN_FORMAT, "upstream": label, "hub_entry": entry, "task": task, "fold": fold,
               "upstream_args": args or {"k": None, "g": None}, "status": status, "metric": metric,
               "error": error, "log": str(run_dir / ("test.log" if status == "finished" else "train.log")),
               "learning_rate": {"override": lr}, "config": {"upstream_files": {}}}
@@ -203,7 +203,7 @@ def test_rebuild_from_run_json(tmp_path):
     # another reference; an unknown one lists the upstreams that have runs
     other = lb.build_leaderboard(root, reference="half", cost=False).table.set_index("upstream")
     assert other.loc["base", "capacity_sid"] == pytest.approx(2.0)
-    with pytest.raises(UserInputError, match=r"--reference 'nope' has no runs .*\['half', 'base', 'crashed'\]"):
+    with pytest.raises(UserInputError, match=r"reference: 'nope' has no runs .*\['half', 'base', 'crashed'\]"):
         lb.build_leaderboard(root, reference="nope", cost=False)
 
 
@@ -287,4 +287,4 @@ def test_leaderboard_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Reference for capacity kept: **half**" in out and (root / "leaderboard.md").is_file()
     assert cli.main(["leaderboard", str(root), "--no-cost", "--reference", "zzz"]) == 2
-    assert "--reference 'zzz' has no runs" in capsys.readouterr().err
+    assert "--reference: 'zzz' has no runs" in capsys.readouterr().err

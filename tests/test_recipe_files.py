@@ -17,7 +17,9 @@ import soundfile as sf
 import yaml
 
 from s3prl_redundancy.errors import UserInputError
+from s3prl_redundancy.superb import datafiles
 from s3prl_redundancy.superb import recipe_files as rf
+from s3prl_redundancy.superb import tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,13 +55,13 @@ def _flatten(d, prefix=""):
 
 
 def test_char_dict_matches_official_file(tmp_path):
-    assert rf.char_dict_text() == OFFICIAL_CHAR_DICT
+    assert datafiles.char_dict_text() == OFFICIAL_CHAR_DICT
     assert len(OFFICIAL_CHAR_DICT) == 244
     shipped = (REPO / "downstream_recipes" / "asr" / "char.dict").read_text(encoding="utf-8")
     assert shipped == OFFICIAL_CHAR_DICT
-    out = rf.write_char_dict(tmp_path / "char.dict")
+    out = datafiles.write_char_dict(tmp_path / "char.dict")
     assert out.read_text(encoding="utf-8") == OFFICIAL_CHAR_DICT
-    symbols = rf.read_char_dict(out)
+    symbols = datafiles.read_char_dict(out)
     assert len(symbols) == 28
     assert symbols[0] == "|" and "'" in symbols
     assert sorted(s for s in symbols if s.isalpha()) == [chr(c) for c in range(ord("A"), ord("Z") + 1)]
@@ -67,7 +69,7 @@ def test_char_dict_matches_official_file(tmp_path):
 
 def test_char_dict_loads_in_s3prl_dictionary(tmp_path):
     dictionary_mod = pytest.importorskip("s3prl.downstream.asr.dictionary")
-    path = rf.write_char_dict(tmp_path / "char.dict")
+    path = datafiles.write_char_dict(tmp_path / "char.dict")
     d = dictionary_mod.Dictionary.load(str(path))
     assert len(d.symbols) == 4 + 28  # <s> <pad> </s> <unk> + 28 characters
     line = " ".join("DON'T STOP".replace(" ", "|")) + " |"
@@ -80,20 +82,20 @@ def test_char_dict_writer_refuses_to_overwrite_other_content(tmp_path):
     path = tmp_path / "char.dict"
     path.write_text("A 1\n")
     with pytest.raises(UserInputError, match="force=True"):
-        rf.write_char_dict(path)
+        datafiles.write_char_dict(path)
     assert path.read_text() == "A 1\n"
-    rf.write_char_dict(path, force=True)
+    datafiles.write_char_dict(path, force=True)
     assert path.read_text() == OFFICIAL_CHAR_DICT
-    rf.write_char_dict(path)  # same content: no error
+    datafiles.write_char_dict(path)  # same content: no error
 
 
 def test_read_char_dict_errors(tmp_path):
     with pytest.raises(UserInputError, match="write_char_dict"):
-        rf.read_char_dict(tmp_path / "missing.dict")
+        datafiles.read_char_dict(tmp_path / "missing.dict")
     bad = tmp_path / "bad.dict"
     bad.write_text("A 1\nB\n")
     with pytest.raises(UserInputError, match=r"bad.dict:2"):
-        rf.read_char_dict(bad)
+        datafiles.read_char_dict(bad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def _voxceleb(root: Path, speakers=("id10001", "id10002", "id10270"), per_video=
 def test_voxceleb1_split_format_and_expert_glob(tmp_path):
     root = _voxceleb(tmp_path / "VoxCeleb1")
     out = tmp_path / "split.txt"
-    counts = rf.write_voxceleb1_split(root, out, seed=0)
+    counts = datafiles.write_voxceleb1_split(root, out, seed=0)
     assert counts == {"speakers": 3, "train": 9, "dev": 3, "test": 3}
     lines = out.read_text().splitlines()
     assert len(lines) == 15 and lines == sorted(lines, key=lambda l: l.split()[1])
@@ -134,12 +136,12 @@ def test_voxceleb1_split_format_and_expert_glob(tmp_path):
 
 def test_voxceleb1_split_deterministic_and_seeded(tmp_path):
     root = _voxceleb(tmp_path / "VoxCeleb1", per_video=(6, 6))
-    a = rf.write_voxceleb1_split(root, tmp_path / "a.txt", seed=0)
-    b = rf.write_voxceleb1_split(root, tmp_path / "b.txt", seed=0)
+    a = datafiles.write_voxceleb1_split(root, tmp_path / "a.txt", seed=0)
+    b = datafiles.write_voxceleb1_split(root, tmp_path / "b.txt", seed=0)
     assert a == b and (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
     texts = set()
     for seed in range(4):
-        rf.write_voxceleb1_split(root, tmp_path / f"s{seed}.txt", seed=seed)
+        datafiles.write_voxceleb1_split(root, tmp_path / f"s{seed}.txt", seed=seed)
         texts.add((tmp_path / f"s{seed}.txt").read_text())
     assert len(texts) > 1  # the seed changes which utterances are held out
 
@@ -149,7 +151,7 @@ def test_voxceleb1_split_with_s3prl_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(ds_mod, "CACHE_PATH", str(tmp_path / "cache") + "/")  # never touch site-packages
     root = _voxceleb(tmp_path / "VoxCeleb1")
     split = tmp_path / "split.txt"
-    rf.write_voxceleb1_split(root, split)
+    datafiles.write_voxceleb1_split(root, split)
     sizes = {}
     for mode in ("train", "dev", "test"):
         ds = ds_mod.SpeakerClassifiDataset(mode, root, str(split))
@@ -160,21 +162,21 @@ def test_voxceleb1_split_with_s3prl_dataset(tmp_path, monkeypatch):
 
 def test_voxceleb1_split_errors(tmp_path):
     with pytest.raises(UserInputError, match=r"does not exist.*dev/wav"):
-        rf.write_voxceleb1_split(tmp_path / "nope", tmp_path / "s.txt")
+        datafiles.write_voxceleb1_split(tmp_path / "nope", tmp_path / "s.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserInputError, match=r"no <subset>/wav/ folder"):
-        rf.write_voxceleb1_split(tmp_path / "empty", tmp_path / "s.txt")
+        datafiles.write_voxceleb1_split(tmp_path / "empty", tmp_path / "s.txt")
     few = _voxceleb(tmp_path / "few", speakers=("id10001",), per_video=(2,))
     with pytest.raises(UserInputError, match=r"id10001 has 2 utterance"):
-        rf.write_voxceleb1_split(few, tmp_path / "s.txt")
+        datafiles.write_voxceleb1_split(few, tmp_path / "s.txt")
     bad = _voxceleb(tmp_path / "bad", speakers=("id00042",))
     with pytest.raises(UserInputError, match=r"id00042.*id10001\.\.id11251"):
-        rf.write_voxceleb1_split(bad, tmp_path / "s.txt")
+        datafiles.write_voxceleb1_split(bad, tmp_path / "s.txt")
     assert not (tmp_path / "s.txt").exists()
     good = _voxceleb(tmp_path / "good")
     (tmp_path / "s.txt").write_text("something else\n")
     with pytest.raises(UserInputError, match="force"):
-        rf.write_voxceleb1_split(good, tmp_path / "s.txt")
+        datafiles.write_voxceleb1_split(good, tmp_path / "s.txt")
     assert (tmp_path / "s.txt").read_text() == "something else\n"
 
 
@@ -182,7 +184,7 @@ def test_read_voxceleb1_split_rejects_bad_lines(tmp_path):
     p = tmp_path / "s.txt"
     p.write_text("1 id10001/abc/00001.wav\n4 id10001/abc/00002.wav\n")
     with pytest.raises(UserInputError, match=r"s.txt:2"):
-        rf.read_voxceleb1_split(p)
+        datafiles.read_voxceleb1_split(p)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def test_iemocap_meta_matches_the_official_preprocess(tmp_path):
     ours_root = _iemocap(tmp_path / "ours" / "IEMOCAP")
     theirs_root = tmp_path / "theirs" / "IEMOCAP"
     shutil.copytree(ours_root, theirs_root)
-    counts = rf.write_iemocap_meta(ours_root, tmp_path / "ours_meta")
+    counts = datafiles.write_iemocap_meta(ours_root, tmp_path / "ours_meta")
     pre.main(str(theirs_root))  # writes <root>/meta_data/Session<N>/{train,test}_meta_data.json
     for n in range(1, 6):
         for name in ("train_meta_data.json", "test_meta_data.json"):
@@ -234,7 +236,7 @@ def test_iemocap_meta_matches_the_official_preprocess(tmp_path):
 
 def test_iemocap_meta_content(tmp_path):
     root = _iemocap(tmp_path / "IEMOCAP", hidden=True)  # AppleDouble files must be ignored
-    rf.write_iemocap_meta(root)
+    datafiles.write_iemocap_meta(root)
     meta = root / "meta_data"
     test2 = json.loads((meta / "Session2" / "test_meta_data.json").read_text())
     train2 = json.loads((meta / "Session2" / "train_meta_data.json").read_text())
@@ -259,7 +261,7 @@ def test_iemocap_meta_with_s3prl_dataset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ds_mod.torchaudio, "load", load)
     root = _iemocap(tmp_path / "IEMOCAP")
-    rf.write_iemocap_meta(root)
+    datafiles.write_iemocap_meta(root)
     ds = ds_mod.IEMOCAPDataset(str(root), str(root / "meta_data" / "Session1" / "test_meta_data.json"), pre_load=True)
     assert ds.class_num == 4 and len(ds) == 10
     wav, label, name = ds[0]
@@ -268,16 +270,16 @@ def test_iemocap_meta_with_s3prl_dataset(tmp_path, monkeypatch):
 
 def test_iemocap_meta_errors(tmp_path):
     with pytest.raises(UserInputError, match="IEMOCAP_full_release"):
-        rf.write_iemocap_meta(tmp_path / "none")
+        datafiles.write_iemocap_meta(tmp_path / "none")
     root = _iemocap(tmp_path / "IEMOCAP")
     shutil.rmtree(root / "Session4" / "dialog" / "EmoEvaluation")
     with pytest.raises(UserInputError, match=r"Session4/dialog/EmoEvaluation"):
-        rf.write_iemocap_meta(root)
+        datafiles.write_iemocap_meta(root)
     assert not (root / "meta_data").exists()
     only = tmp_path / "one"
     (only / "Session1" / "sentences" / "wav").mkdir(parents=True)
     with pytest.raises(UserInputError, match="at least two Session"):
-        rf.write_iemocap_meta(only)
+        datafiles.write_iemocap_meta(only)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,9 +310,9 @@ def test_len_for_bucket_equals_official_table(tmp_path):
     pd = pytest.importorskip("pandas")
     root = tmp_path / "LibriSpeech"
     _libri(root)
-    counts = rf.write_len_for_bucket(root, tmp_path / "len_for_bucket")
+    counts = datafiles.write_len_for_bucket(root, tmp_path / "len_for_bucket")
     assert counts == {"train-clean-100": 6, "dev-clean": 3, "test-clean": 3}
-    for split in rf.ASR_SPLITS:
+    for split in datafiles.ASR_SPLITS:
         # the table code of s3prl/preprocess/generate_len_for_bucket.py, lengths in samples (num_frames)
         todo = sorted((root / split).rglob("*.flac"))
         tr_x = [sf.info(str(f)).frames for f in todo]
@@ -329,8 +331,8 @@ def test_len_for_bucket_with_s3prl_asr_dataset(tmp_path):
     dict_mod = pytest.importorskip("s3prl.downstream.asr.dictionary")
     root = tmp_path / "LibriSpeech"
     texts = _libri(root)
-    rf.write_len_for_bucket(root, tmp_path / "bucket")
-    dictionary = dict_mod.Dictionary.load(str(rf.write_char_dict(tmp_path / "char.dict")))
+    datafiles.write_len_for_bucket(root, tmp_path / "bucket")
+    dictionary = dict_mod.Dictionary.load(str(datafiles.write_char_dict(tmp_path / "char.dict")))
     ds = ds_mod.SequenceDataset("train", 2, dictionary, str(root), str(tmp_path / "bucket"),
                                 train=["train-clean-100"])
     names = [Path(x).stem for batch in ds.X for x in batch]
@@ -344,15 +346,15 @@ def test_len_for_bucket_errors(tmp_path):
     root = tmp_path / "LibriSpeech"
     _libri(root)
     with pytest.raises(UserInputError, match=r"dev-other does not exist.*openslr"):
-        rf.write_len_for_bucket(root, tmp_path / "b", ["dev-other"])
+        datafiles.write_len_for_bucket(root, tmp_path / "b", ["dev-other"])
     (root / "dev-clean" / "84" / "841" / "84-841.trans.txt").unlink()
     with pytest.raises(UserInputError, match=r"84-841.trans.txt is missing"):
-        rf.write_len_for_bucket(root, tmp_path / "b", ["dev-clean"])
+        datafiles.write_len_for_bucket(root, tmp_path / "b", ["dev-clean"])
     _wav(root / "test-clean" / "121" / "1211" / "121-1211-0009.flac", n=800, sr=8000, fmt="FLAC")
     with pytest.raises(UserInputError, match=r"8000 Hz.*16000"):
-        rf.write_len_for_bucket(root, tmp_path / "b", ["test-clean"])
+        datafiles.write_len_for_bucket(root, tmp_path / "b", ["test-clean"])
     with pytest.raises(UserInputError, match="LibriSpeech/ folder"):
-        rf.write_len_for_bucket(tmp_path / "missing", tmp_path / "b")
+        datafiles.write_len_for_bucket(tmp_path / "missing", tmp_path / "b")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,8 +383,8 @@ def test_official_recipe_values(task):
     assert "scheduler" not in cfg
     assert cfg["downstream_expert"]["datarc"][batch_key] == batch
     placeholders = rf.unfilled_placeholders(cfg)
-    assert placeholders == [f"downstream_expert.datarc.{k}" for k in rf.TASKS[task].data_keys]
-    assert rec["unfilled_data_keys"] == list(rf.TASKS[task].data_keys)
+    assert placeholders == [f"downstream_expert.datarc.{k}" for k in tasks.TASKS[task].data_keys]
+    assert rec["unfilled_data_keys"] == list(tasks.TASKS[task].data_keys)
     assert rec["changes"] == {} and rec["effective_learning_rate"] == 1e-4
 
 
@@ -446,7 +448,7 @@ def test_learning_rate_and_fold_are_recorded():
     assert "s3prl/downstream/emotion/config.yaml" in rec["recipe_source"]
     with pytest.raises(UserInputError, match="fold1"):
         rf.load_recipe("er", test_fold="fold6")
-    with pytest.raises(UserInputError, match="only applies to the er task"):
+    with pytest.raises(UserInputError, match=r"test_fold: only applies to a task with folds \(er\), not ks"):
         rf.load_recipe("ks", test_fold="fold1")
     with pytest.raises(UserInputError, match="positive"):
         rf.load_recipe("ks", learning_rate=0)
@@ -492,7 +494,7 @@ def test_write_recipe(tmp_path):
 
 def test_recipe_files_are_unmodified_official_structure():
     """Every recipe keeps the official blocks and only the data keys are placeholders."""
-    for task, spec in rf.TASKS.items():
+    for task, spec in tasks.TASKS.items():
         text = (rf.recipes_dir() / spec.recipe).read_text()
         assert spec.source.split(":")[0].startswith("s3prl/s3prl@")
         assert text.count("<SET_BY_RUNNER:") == len(spec.data_keys)
@@ -502,6 +504,6 @@ def test_recipe_files_are_unmodified_official_structure():
 
 
 def test_voxceleb1_cache_dir_points_into_s3prl():
-    cache = rf.voxceleb1_cache_dir()
+    cache = datafiles.voxceleb1_cache_dir()
     assert cache is not None and cache.parts[-3:] == ("downstream", "voxceleb1", ".cache")
     assert (cache.parent / "dataset.py").is_file()

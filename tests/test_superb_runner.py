@@ -15,6 +15,9 @@ from s3prl_redundancy import cli
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.superb import leaderboard as lb
 from s3prl_redundancy.superb import recipe_files as rf
+from s3prl_redundancy.commands import superb as cmd
+from s3prl_redundancy.superb import datafiles, planning, runs, tasks
+from s3prl_redundancy.superb import launch as ln
 from s3prl_redundancy.superb import runner as rn
 
 # --------------------------------------------------------------------------------------------------
@@ -36,7 +39,7 @@ class FakeS3prl:
     @staticmethod
     def parse(command):
         if command[1] == "-c":  # SID launcher: python -c CODE CACHE ARGS
-            assert command[2] == rn.SID_LAUNCH_CODE
+            assert command[2] == ln.SID_LAUNCH_CODE
             return Path(command[3]), command[4:]
         assert command[1:3] == ["-m", "s3prl.run_downstream"], command
         return None, command[3:]
@@ -108,10 +111,10 @@ def fake(monkeypatch, tmp_path):
     """A fake s3prl, fake data paths (resolve_data is replaced) and synthetic costs."""
     data = tmp_path / "data"
     datarc = {}
-    for task in rf.TASKS:
-        datarc[task] = {key: str(data / task / key) for key in rf.TASKS[task].data_keys}
+    for task in tasks.TASKS:
+        datarc[task] = {key: str(data / task / key) for key in tasks.TASKS[task].data_keys}
 
-    def fake_resolve(root, tasks, folds=rn.DEFAULT_ER_FOLDS, overrides=None):
+    def fake_resolve(root, tasks, folds=planning.DEFAULT_ER_FOLDS, overrides=None):
         return {t: dict(datarc[t]) for t in tasks}, {"root": str(root), "kind": "mini-superb", "content_sha256": "abc"}
 
     def fake_costs(exproot, info, **kwargs):
@@ -132,7 +135,7 @@ def fake(monkeypatch, tmp_path):
 def _options(ckpts, tmp_path, upstreams="base=hubert_local,small=pruned_hubert", **kw):
     args = [f"{name}:k={ckpts[name]}" for name in ("base", "small", "broken") if f"{name}=" in upstreams]
     kw.setdefault("er_folds", "1,2")
-    return rn.build_options(upstreams, kw.pop("tasks", "ks,sid,er,asr"), tmp_path / "data", tmp_path / "exp",
+    return cmd.build_options(upstreams, kw.pop("tasks", "ks,sid,er,asr"), tmp_path / "data", tmp_path / "exp",
                             profile="smoke", upstream_args=args, **kw)
 
 
@@ -142,65 +145,65 @@ def _options(ckpts, tmp_path, upstreams="base=hubert_local,small=pruned_hubert",
 
 
 def test_parse_upstreams_labels():
-    assert rn.parse_upstreams("hubert_local, p6=pruned_hubert") == [("hubert_local", "hubert_local"), ("p6", "pruned_hubert")]
+    assert cmd.parse_upstreams("hubert_local, p6=pruned_hubert") == [("hubert_local", "hubert_local"), ("p6", "pruned_hubert")]
     with pytest.raises(UserInputError, match="appears twice"):
-        rn.parse_upstreams("hubert_local,hubert_local")
+        cmd.parse_upstreams("hubert_local,hubert_local")
     with pytest.raises(UserInputError, match="folder name"):
-        rn.parse_upstreams("a/b=hubert_local")
+        cmd.parse_upstreams("a/b=hubert_local")
     with pytest.raises(UserInputError, match="empty"):
-        rn.parse_upstreams(" , ")
+        cmd.parse_upstreams(" , ")
 
 
 def test_unknown_task_lists_the_known_ones():
-    assert rn.parse_tasks("speech_commands,asr,ks") == ["ks", "asr"]
-    assert rn.parse_tasks(None) == ["ks", "sid", "er", "asr"]
+    assert cmd.parse_tasks("speech_commands,asr,ks") == ["ks", "asr"]
+    assert cmd.parse_tasks(None) == ["ks", "sid", "er", "asr"]
     with pytest.raises(UserInputError) as e:
-        rn.parse_tasks("ks,pr")
+        cmd.parse_tasks("ks,pr")
     assert "'pr'" in str(e.value) and all(t in str(e.value) for t in ("'asr'", "'er'", "'ks'", "'sid'"))
 
 
 def test_unknown_upstream_lists_the_known_ones():
     with pytest.raises(UserInputError) as e:
-        rn.validate_upstreams([rn.UpstreamSpec("x", "hubert_lcoal")])
+        planning.validate_upstreams([planning.UpstreamSpec("x", "hubert_lcoal")])
     msg = str(e.value)
     assert "hubert_lcoal" in msg and "Closest: hubert_local" in msg
     assert "pruned_hubert" in msg and "distilled_hubert" in msg and "wavlm_local" in msg  # the full list
-    rn.validate_upstreams([rn.UpstreamSpec("p", "pruned_hubert"), rn.UpstreamSpec("d", "distilled_hubert")])
+    planning.validate_upstreams([planning.UpstreamSpec("p", "pruned_hubert"), planning.UpstreamSpec("d", "distilled_hubert")])
 
 
 def test_parse_upstream_args(tmp_path):
     ckpt, cfg = tmp_path / "m.pt", tmp_path / "keep.yaml"
     ckpt.write_bytes(b"x")
     cfg.write_text("keep_layers: [0]\n")
-    got = rn.parse_upstream_args([f"p:k={ckpt},g={cfg}", "u:k=https://example.org/m.pt"], ["p", "u"])
+    got = cmd.parse_upstream_args([f"p:k={ckpt},g={cfg}", "u:k=https://example.org/m.pt"], ["p", "u"])
     assert got == {"p": {"ckpt": str(ckpt), "model_config": str(cfg)}, "u": {"ckpt": "https://example.org/m.pt"}}
     with pytest.raises(UserInputError, match=r"does not exist.*missing\.pt"):
-        rn.parse_upstream_args([f"p:k={tmp_path / 'missing.pt'}"], ["p"])
-    with pytest.raises(UserInputError, match=r"names upstream 'q', which is not in --upstreams \['p'\]"):
-        rn.parse_upstream_args([f"q:k={ckpt}"], ["p"])
+        cmd.parse_upstream_args([f"p:k={tmp_path / 'missing.pt'}"], ["p"])
+    with pytest.raises(UserInputError, match=r"upstream_args: .* names upstream 'q', which is not in `upstreams` \['p'\]"):
+        cmd.parse_upstream_args([f"q:k={ckpt}"], ["p"])
     with pytest.raises(UserInputError, match="not k=PATH or g=PATH"):
-        rn.parse_upstream_args([f"p:x={ckpt}"], ["p"])
+        cmd.parse_upstream_args([f"p:x={ckpt}"], ["p"])
     with pytest.raises(UserInputError, match="twice"):
-        rn.parse_upstream_args([f"p:k={ckpt}", f"p:k={ckpt}"], ["p"])
+        cmd.parse_upstream_args([f"p:k={ckpt}", f"p:k={ckpt}"], ["p"])
 
 
 def test_parse_learning_rates_and_folds():
-    lrs = rn.parse_learning_rates(["p:ks=5e-5,asr=1e-4", "q:all=2e-4"], ["p", "q"], ["ks", "er", "asr"])
+    lrs = cmd.parse_learning_rates(["p:ks=5e-5,asr=1e-4", "q:all=2e-4"], ["p", "q"], ["ks", "er", "asr"])
     assert lrs == {("p", "ks"): 5e-5, ("p", "asr"): 1e-4, ("q", "ks"): 2e-4, ("q", "er"): 2e-4, ("q", "asr"): 2e-4}
     with pytest.raises(UserInputError, match="positive"):
-        rn.parse_learning_rates(["p:ks=-1"], ["p"], ["ks"])
-    with pytest.raises(UserInputError, match="not in --tasks"):
-        rn.parse_learning_rates(["p:sid=1e-4"], ["p"], ["ks"])
+        cmd.parse_learning_rates(["p:ks=-1"], ["p"], ["ks"])
+    with pytest.raises(UserInputError, match="learning_rates: .* not in `tasks`"):
+        cmd.parse_learning_rates(["p:sid=1e-4"], ["p"], ["ks"])
     with pytest.raises(UserInputError, match="unknown SUPERB task 'foo'"):
-        rn.parse_learning_rates(["p:foo=1e-4"], ["p"], ["ks"])
-    assert rn.parse_er_folds("2, fold1,2") == ["fold2", "fold1"]
-    assert rn.parse_er_folds(None) == ["fold1", "fold2", "fold3", "fold4", "fold5"]
+        cmd.parse_learning_rates(["p:foo=1e-4"], ["p"], ["ks"])
+    assert cmd.parse_er_folds("2, fold1,2") == ["fold2", "fold1"]
+    assert cmd.parse_er_folds(None) == ["fold1", "fold2", "fold3", "fold4", "fold5"]
     with pytest.raises(UserInputError, match="1..5"):
-        rn.parse_er_folds("6")
+        cmd.parse_er_folds("6")
 
 
 def test_parse_recipe_overrides():
-    got = rn.parse_recipe_overrides(
+    got = cmd.parse_recipe_overrides(
         ["runner.total_steps=4", "downstream_expert.datarc.train_batch_size=2",
          "asr:downstream_expert.modelrc.RNNs.dim=[32, 32]", "sid:runner.log_step=1"], ["ks", "er", "asr"])
     assert got["ks"] == {"runner.total_steps": 4}  # ks has batch_size, not train_batch_size
@@ -208,11 +211,11 @@ def test_parse_recipe_overrides():
     assert got["asr"]["downstream_expert.modelrc.RNNs.dim"] == [32, 32]
     assert "sid" not in got  # not selected: ignored
     with pytest.raises(UserInputError, match="did you mean runner.total_steps"):
-        rn.parse_recipe_overrides(["runner.total_step=4"], ["ks"])
+        cmd.parse_recipe_overrides(["runner.total_step=4"], ["ks"])
     with pytest.raises(UserInputError, match="has no key"):
-        rn.parse_recipe_overrides(["ks:downstream_expert.datarc.train_batch_size=2"], ["ks"])
+        cmd.parse_recipe_overrides(["ks:downstream_expert.datarc.train_batch_size=2"], ["ks"])
     with pytest.raises(UserInputError, match="not .TASK:.dotted.key=VALUE"):
-        rn.parse_recipe_overrides(["runner.total_steps"], ["ks"])
+        cmd.parse_recipe_overrides(["runner.total_steps"], ["ks"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,7 +228,7 @@ def test_missing_data_root_says_how_to_build_one(tmp_path):
         rn.resolve_data(tmp_path / "nowhere", ["ks", "asr"])
     msg = str(e.value)
     assert f"{tmp_path / 'nowhere'} does not exist" in msg
-    assert "s3prl-redundancy corpus --out" in msg and "speech_commands_v0.01/" in msg and "LibriSpeech/" in msg
+    assert msg.startswith("data_root: ") and "build_corpus" in msg and "speech_commands_v0.01/" in msg and "LibriSpeech/" in msg
 
 
 def test_wrong_layout_names_the_expected_path(tmp_path):
@@ -234,7 +237,7 @@ def test_wrong_layout_names_the_expected_path(tmp_path):
     with pytest.raises(UserInputError) as e:
         rn.resolve_data(root, ["ks"])
     assert f"expected folder {root / 'speech_commands_v0.01'}" in str(e.value)
-    assert "--datarc ks:KEY=PATH" in str(e.value)
+    assert "`datarc_overrides`, e.g. ks:KEY=PATH" in str(e.value)
     (root / "speech_commands_v0.01").mkdir()
     with pytest.raises(UserInputError, match=f"expected folder {root / 'speech_commands_v0.01' / 'yes'}"):
         rn.resolve_data(root, ["ks"])
@@ -247,14 +250,14 @@ def test_wrong_layout_names_the_expected_path(tmp_path):
         rn.resolve_data(root, ["sid"])
     # --datarc moves one key elsewhere (and is checked there)
     with pytest.raises(UserInputError, match=f"expected folder {tmp_path / 'elsewhere'}"):
-        rn.resolve_data(root, ["asr"], datarc_overrides=rn.parse_datarc_overrides([f"asr:libri_root={tmp_path / 'elsewhere'}"], ["asr"]))
+        rn.resolve_data(root, ["asr"], datarc_overrides=cmd.parse_datarc_overrides([f"asr:libri_root={tmp_path / 'elsewhere'}"], ["asr"]))
 
 
 def test_foreign_out_folder_is_refused(fake):
     launcher, ckpts, tmp_path = fake
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "notes.txt").write_text("mine")
-    with pytest.raises(UserInputError, match="not empty and holds no SUPERB runs"):
+    with pytest.raises(UserInputError, match="out: .* is not empty and holds files that `superb` did not write"):
         rn.run_superb(_options(ckpts, tmp_path), launcher=launcher, validate_hub=False)
     assert launcher.calls == []
 
@@ -371,7 +374,7 @@ def test_run_folder_from_another_config_is_refused_without_force(fake):
     with pytest.raises(UserInputError) as e:
         rn.run_superb(changed, launcher=launcher, validate_hub=False)
     msg = str(e.value)
-    assert str(tmp_path / "exp/runs/base/ks") in msg and "learning_rate: None -> 5e-05" in msg and "--force" in msg
+    assert str(tmp_path / "exp/runs/base/ks") in msg and "learning_rate: None -> 5e-05" in msg and "`force=True`" in msg
     assert launcher.calls == []
     ckpts["base"].write_bytes(b"ok-base retrained")  # another checkpoint at the same path is another config too
     with pytest.raises(UserInputError, match=r"upstream_files\.k\.sha256"):
@@ -389,7 +392,7 @@ def test_crashed_upstream_shows_failure_and_log_while_others_run(fake):
     launcher, ckpts, tmp_path = fake
     opts = _options(ckpts, tmp_path, upstreams="base=hubert_local,broken=hubert_local", tasks="ks,er")
     summary = rn.run_superb(opts, launcher=launcher, validate_hub=False)
-    status = {f"{r['upstream']}/{rn.run_dir_name(r['task'], r['fold'])}": r["status"] for r in summary["runs"]}
+    status = {f"{r['upstream']}/{runs.run_dir_name(r['task'], r['fold'])}": r["status"] for r in summary["runs"]}
     assert status == {"base/ks": "finished", "base/er-fold1": "finished", "base/er-fold2": "finished",
                       "broken/ks": "failed", "broken/er-fold1": "failed", "broken/er-fold2": "failed"}
     assert launcher.runs("evaluate") == ["base/ks", "base/er-fold1", "base/er-fold2"]
@@ -422,18 +425,18 @@ def test_an_error_of_one_run_does_not_stop_the_others(fake, monkeypatch):
 
 
 def test_latest_and_test_checkpoint_choice(tmp_path):
-    assert rn.latest_checkpoint(tmp_path) is None
+    assert runs.latest_checkpoint(tmp_path) is None
     torch.save({}, tmp_path / "states-10.ckpt")
     torch.save({}, tmp_path / "states-9.ckpt")
     (tmp_path / "states-20.ckpt").write_bytes(b"PK\x03\x04 truncated")
     (tmp_path / "states-x.ckpt").write_bytes(b"")
-    assert rn.latest_checkpoint(tmp_path) == tmp_path / "states-10.ckpt"
-    assert rn.choose_test_checkpoint("ks", tmp_path) == (tmp_path / "states-10.ckpt", "last")
+    assert runs.latest_checkpoint(tmp_path) == tmp_path / "states-10.ckpt"
+    assert runs.choose_test_checkpoint("ks", tmp_path) == (tmp_path / "states-10.ckpt", "last")
     torch.save({}, tmp_path / "dev-best.ckpt")
-    assert rn.choose_test_checkpoint("ks", tmp_path) == (tmp_path / "dev-best.ckpt", "dev-best")
-    assert rn.choose_test_checkpoint("asr", tmp_path) == (tmp_path / "states-10.ckpt", "last")  # asr: dev-clean-best.ckpt
+    assert runs.choose_test_checkpoint("ks", tmp_path) == (tmp_path / "dev-best.ckpt", "dev-best")
+    assert runs.choose_test_checkpoint("asr", tmp_path) == (tmp_path / "states-10.ckpt", "last")  # asr: dev-clean-best.ckpt
     torch.save({}, tmp_path / "dev-clean-best.ckpt")
-    assert rn.choose_test_checkpoint("asr", tmp_path)[1] == "dev-best"
+    assert runs.choose_test_checkpoint("asr", tmp_path)[1] == "dev-best"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,7 +452,7 @@ def _tiny_voxceleb(root: Path, speakers):
             path = root / "dev" / "wav" / spk / "yt0000001" / f"{i + 1:05d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(str(path), np.zeros(1600, dtype=np.float32), 16000, subtype="PCM_16")
-    rf.write_voxceleb1_split(root, root / "iden_split.txt")
+    datafiles.write_voxceleb1_split(root, root / "iden_split.txt")
 
 
 def test_sid_launcher_keeps_a_cache_per_run(tmp_path, monkeypatch):
@@ -473,7 +476,7 @@ def test_sid_launcher_keeps_a_cache_per_run(tmp_path, monkeypatch):
 
     def launch(cache, root):
         monkeypatch.setattr(sys, "argv", ["-c", str(cache), "--root", str(root)])
-        exec(rn.SID_LAUNCH_CODE, {})
+        exec(ln.SID_LAUNCH_CODE, {})
 
     launch(tmp_path / "run_a" / "cache", roots["a"])
     launch(tmp_path / "run_b" / "cache", roots["b"])
@@ -496,7 +499,7 @@ def test_corpus_command_is_wired_and_refuses_to_overwrite(tmp_path, capsys):
     (tmp_path / "x.txt").write_text("keep me")
     assert cli.main(["corpus", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("s3prl-redundancy corpus: error:") and "refusing to overwrite" in err
+    assert err.startswith("s3prl-redundancy corpus: error:") and "--out: " in err and "not empty" in err
     assert (tmp_path / "x.txt").read_text() == "keep me"
     with pytest.raises(SystemExit):
         cli.main(["corpus", "--help"])
@@ -506,8 +509,104 @@ def test_corpus_command_is_wired_and_refuses_to_overwrite(tmp_path, capsys):
 def test_superb_command_reports_bad_input(tmp_path, capsys):
     code = cli.main(["superb", "--upstreams", "hubert_local", "--tasks", "ks,xx", "--data-root", str(tmp_path),
                      "--out", str(tmp_path / "exp")])
-    assert code == 2 and "unknown SUPERB task 'xx'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "--tasks: unknown SUPERB task 'xx'" in err
     code = cli.main(["superb", "--upstreams", "hubert_local", "--data-root", str(tmp_path / "none"),
                      "--out", str(tmp_path / "exp"), "--learning-rate", "hubert_local:ks=abc"])
-    assert code == 2 and "'abc' is not a number" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "--learning-rate: 'hubert_local:ks=abc': 'abc' is not a number" in err
     assert not (tmp_path / "exp").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the Launcher interface: job ids in run.json, adopting a job after the runner died
+# --------------------------------------------------------------------------------------------------
+
+
+class _RunnerDied(BaseException):
+    """Stands for the runner process being killed while it waits on a job (run.json keeps the job id)."""
+
+
+class JobLauncher(ln.Launcher):
+    """A launcher whose jobs outlive the runner: ``launch`` queues the fake s3prl, ``wait`` runs it."""
+
+    name = "jobs"
+
+    def __init__(self, fake_s3prl, die_on=()):
+        self.fake, self.die_on, self.jobs, self.adopted, self.cancelled = fake_s3prl, set(die_on), {}, [], []
+
+    def launch(self, request):
+        job_id = f"job-{len(self.jobs) + 1}"
+        self.jobs[job_id] = request
+        launcher = self
+
+        class _Handle(ln.Handle):
+            def __init__(self):
+                self.job_id = job_id
+
+            def wait(self):
+                if (request.name, request.phase) in launcher.die_on:
+                    launcher.die_on.discard((request.name, request.phase))
+                    raise _RunnerDied()
+                return launcher.fake(request.command, request.log, request.cwd, request.env)
+
+            def cancel(self):
+                launcher.cancelled.append(job_id)
+
+        return _Handle()
+
+    def adopt(self, job_id, request):
+        if job_id not in self.jobs:
+            return None
+        self.adopted.append((job_id, request.name, request.phase))
+        queued = self.jobs[job_id]
+        fake = self.fake
+
+        class _Adopted(ln.Handle):
+            def wait(self):
+                return fake(queued.command, queued.log, queued.cwd, queued.env)
+
+        return _Adopted()
+
+
+def test_job_ids_are_recorded_and_adopted_after_the_runner_died(fake):
+    fake_s3prl, ckpts, tmp_path = fake
+    opts = _options(ckpts, tmp_path, upstreams="base=hubert_local", tasks="ks")
+    launcher = JobLauncher(fake_s3prl, die_on={("base/ks", "train")})
+    with pytest.raises(_RunnerDied):
+        rn.run_superb(opts, launcher=launcher, validate_hub=False)
+    record = json.loads((tmp_path / "exp/runs/base/ks/run.json").read_text())
+    assert record["status"] == "training"
+    assert record["train"]["job_id"] == "job-1" and record["train"]["launcher"] == "jobs"
+    assert fake_s3prl.calls == [] and launcher.cancelled == ["job-1"]
+
+    summary = rn.run_superb(opts, launcher=launcher, validate_hub=False)  # the job is adopted, not launched again
+    assert launcher.adopted == [("job-1", "base/ks", "train")]
+    assert [c["mode"] for c in fake_s3prl.calls] == ["train", "evaluate"] and summary["failed"] == []
+    record = json.loads((tmp_path / "exp/runs/base/ks/run.json").read_text())
+    assert record["status"] == "finished" and record["train"]["attempts"] == 1
+    assert "job_id" not in record["train"] and "job_id" not in record["test"]  # finished jobs are forgotten
+
+
+def test_a_plain_function_is_a_launcher():
+    seen = []
+    launcher = ln.as_launcher(lambda command, log, cwd, env: seen.append((command, log)) or 3)
+    request = ln.LaunchRequest(command=["x"], log=Path("l"), cwd=Path("."), env={}, phase="train", name="a/ks")
+    handle = launcher.launch(request)
+    assert handle.job_id is None and handle.wait() == 3 and seen == [(["x"], Path("l"))]
+    assert isinstance(ln.as_launcher(None), ln.SubprocessLauncher)
+
+
+def test_force_writes_beside_foreign_files_and_later_runs_continue(fake):
+    launcher, ckpts, tmp_path = fake
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "notes.txt").write_text("mine")
+    opts = _options(ckpts, tmp_path, upstreams="base=hubert_local", tasks="ks", force=True)
+    assert rn.run_superb(opts, launcher=launcher, validate_hub=False)["failed"] == []
+    launcher.calls.clear()
+    again = _options(ckpts, tmp_path, upstreams="base=hubert_local", tasks="ks")  # no force: the folder is ours now
+    assert rn.run_superb(again, launcher=launcher, validate_hub=False)["failed"] == []
+    assert launcher.calls == [] and (tmp_path / "exp" / "notes.txt").read_text() == "mine"
+    marker = json.loads((tmp_path / "exp" / ".s3prl-redundancy.json").read_text())
+    assert marker["command"] == "superb" and {"superb.json", "runs", "leaderboard.md"} <= set(marker["files"])
+    assert "notes.txt" not in marker["files"]

@@ -5,25 +5,33 @@ each upstream once (cached in ``cost.json``)."""
 
 from __future__ import annotations
 
+FLAGS = {"exproot": ""}  # a positional argument: written as its value
+
+
+def add_cost_arguments(parser, threads_help: str) -> None:
+    """The options of the cost measurement, shared with the ``superb`` command."""
+    for flag, kwargs in (
+        ("--reference", dict(help="upstream label that capacity kept is relative to (default: the one recorded by "
+                                  "`superb`, i.e. its --reference or first --upstreams entry)")),
+        ("--cost-seconds", dict(type=float, default=1.0, help="audio length of the cost measurement (default 1.0)")),
+        ("--cost-repeats", dict(type=int, default=5, help="latency repeats; the median is kept (default 5)")),
+        ("--threads", dict(type=int, help=threads_help)),
+    ):
+        parser.add_argument(flag, **kwargs)
+
 
 def add_arguments(parser):
     parser.add_argument("exproot", help="the --out folder of `s3prl-redundancy superb`")
-    parser.add_argument("--reference", help="upstream label that capacity kept is relative to (default: the one "
-                        "recorded by `superb`, i.e. its --reference or first --upstreams entry)")
     parser.add_argument("--device", default="cpu", help="where latency is measured: cpu or cuda (default cpu)")
-    parser.add_argument("--cost-seconds", type=float, default=1.0, help="audio length of the cost measurement (default 1.0)")
-    parser.add_argument("--cost-repeats", type=int, default=5, help="latency repeats; the median is kept (default 5)")
-    parser.add_argument("--threads", type=int, help="torch threads while timing (default: torch's; 1 on a busy machine)")
+    add_cost_arguments(parser, "torch threads while timing (default: torch's; 1 on a busy machine)")
     parser.add_argument("--remeasure", action="store_true", help="measure the cost again even if cost.json matches")
     parser.add_argument("--no-cost", action="store_true", help="leave the cost columns empty (no upstream is loaded)")
 
 
 def run(args) -> int:
-    from ..errors import UserInputError
-    from ..superb.leaderboard import build_leaderboard, write_leaderboard
+    from ..superb.leaderboard import build_leaderboard, check_cost_options, write_leaderboard
 
-    if args.cost_repeats < 1 or args.cost_seconds <= 0:
-        raise UserInputError("--cost-repeats must be >= 1 and --cost-seconds > 0")
+    check_cost_options(args.cost_seconds, args.cost_repeats)
     if args.device != "cpu":
         from ..upstream_loading import resolve_device
 

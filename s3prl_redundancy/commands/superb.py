@@ -11,8 +11,30 @@ See docs/superb.md."""
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+FLAGS = {"learning_rates": "--learning-rate", "recipe_overrides": "--recipe-override", "datarc_overrides": "--datarc",
+         "datarc": "--datarc"}
+"""Python arguments of :func:`build_options` / :class:`SuperbOptions` whose flag is not ``--name-with-dashes``."""
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+from ..errors import UserInputError
+from ..superb import recipe_files as rf
+from ..superb.planning import SuperbOptions, UpstreamSpec
+from ..superb.tasks import TASK_ORDER, TASKS, normalize_task
+from ..superb.tasks.er import ER_FOLDS
+
+PathLike = Union[str, "os.PathLike[str]"]
+
 
 def add_arguments(parser):
+    from .leaderboard import add_cost_arguments
+
     parser.add_argument("--upstreams", required=True,
                         help="comma-separated s3prl hub entries, each optionally LABEL=ENTRY (the label names the row "
                              "and folder, so one entry can run with different -k/-g), e.g. hubert_local,p6=pruned_hubert")
@@ -39,17 +61,13 @@ def add_arguments(parser):
     parser.add_argument("--force", action="store_true",
                         help="delete and rerun run folders recorded with a different configuration")
     parser.add_argument("--jobs", type=int, default=1, help="runs executed at the same time (default 1)")
-    parser.add_argument("--threads", type=int,
-                        help="OMP/MKL threads per s3prl process and torch threads for timing (default: unset; "
-                             "cpu_count/jobs with --jobs > 1)")
-    parser.add_argument("--reference", help="upstream label that capacity kept is relative to (default: the first upstream)")
+    add_cost_arguments(parser, "OMP/MKL threads per s3prl process and torch threads for timing (default: unset; "
+                               "cpu_count/jobs with --jobs > 1)")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboard at the end")
-    parser.add_argument("--cost-seconds", type=float, default=1.0, help="audio length of the cost measurement (default 1.0)")
-    parser.add_argument("--cost-repeats", type=int, default=5, help="latency repeats; the median is kept (default 5)")
 
 
 def run(args) -> int:
-    from ..superb.runner import build_options, run_superb
+    from ..superb.runner import run_superb
 
     opts = build_options(
         args.upstreams, args.tasks, args.data_root, args.out, profile=args.profile,
@@ -60,3 +78,251 @@ def run(args) -> int:
     )
     summary = run_superb(opts)
     return 1 if summary["failed"] else 0
+
+
+# The option strings of the command line -> the structured values of :class:`..superb.planning.SuperbOptions`.
+# Each parser names the bad item, the Python argument it belongs to, and the fix.
+
+
+def _split_list(text: Union[str, Sequence[str], None]) -> List[str]:
+    if text is None:
+        return []
+    items = [text] if isinstance(text, str) else list(text)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def parse_tasks(text: Union[str, Sequence[str], None]) -> List[str]:
+    """``"ks,sid"`` -> ``["ks", "sid"]`` (s3prl downstream names accepted); unknown names list the known ones."""
+    names = _split_list(text) or list(TASK_ORDER)
+    out: List[str] = []
+    for name in names:
+        task = normalize_task(name)
+        if task not in out:
+            out.append(task)
+    return out
+
+
+def parse_upstreams(text: Union[str, Sequence[str]]) -> List[Tuple[str, str]]:
+    """``"hubert_local,p6=pruned_hubert"`` -> ``[("hubert_local", "hubert_local"), ("p6", "pruned_hubert")]``:
+    ``LABEL=ENTRY`` names a row (so one hub entry can appear with different -k / -g), else the label is the entry."""
+    items = _split_list(text)
+    if not items:
+        raise UserInputError("is empty; give s3prl hub entries, e.g. `upstreams=hubert_local,pruned_hubert`", argument="upstreams")
+    out, seen = [], set()
+    for item in items:
+        label, sep, entry = item.partition("=")
+        label, entry = (label.strip(), entry.strip()) if sep else (item, item)
+        if not entry:
+            raise UserInputError(f"item {item!r} names no hub entry; use LABEL=ENTRY or ENTRY", argument="upstreams")
+        if not _LABEL_RE.match(label):
+            raise UserInputError(
+                f"upstream label {label!r} is not usable as a folder name; use letters, digits, '_', '.', '-' "
+                "(e.g. `upstreams=base=hubert_local,p6=pruned_hubert`)", argument="upstreams")
+        if label in seen:
+            raise UserInputError(f"upstream label {label!r} appears twice; give each a LABEL=ENTRY name", argument="upstreams")
+        seen.add(label)
+        out.append((label, entry))
+    return out
+
+
+_ARG_KEYS = {"k": "ckpt", "ckpt": "ckpt", "g": "model_config", "model_config": "model_config"}
+
+
+def _name_prefix(item: str, labels: Sequence[str], argument: str, example: str) -> Tuple[str, str]:
+    label, sep, rest = item.partition(":")
+    if not sep or not rest:
+        raise UserInputError(f"{item!r} is not NAME:{example}", argument=argument)
+    label = label.strip()
+    if label not in labels:
+        raise UserInputError(f"{item!r} names upstream {label!r}, which is not in `upstreams` {list(labels)}",
+                             argument=argument)
+    return label, rest
+
+
+def parse_upstream_args(items: Optional[Sequence[str]], labels: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """``["p6:k=hubert.pt,g=keep.yaml"]`` -> ``{"p6": {"ckpt": "/abs/hubert.pt", "model_config": "/abs/keep.yaml"}}``.
+    Local paths are made absolute and must exist; URLs are kept."""
+    out: Dict[str, Dict[str, str]] = {}
+    for item in items or []:
+        label, rest = _name_prefix(item, labels, "upstream_args", "k=CKPT,g=MODEL_CONFIG")
+        args = out.setdefault(label, {})
+        for part in rest.split(","):
+            if not part.strip():
+                continue
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or key not in _ARG_KEYS or not value:
+                raise UserInputError(
+                    f"{item!r}: {part!r} is not k=PATH or g=PATH (k: the checkpoint s3prl gets "
+                    "with -k, g: the model config it gets with -g)", argument="upstream_args")
+            name = _ARG_KEYS[key]
+            if name in args:
+                raise UserInputError(f"{key} is given twice for {label!r}", argument="upstream_args")
+            if not value.startswith(("http://", "https://")):
+                path = Path(os.path.expanduser(value)).resolve()
+                if not path.is_file():
+                    raise UserInputError(
+                        f"{label}: {key}={value} does not exist (or is not a file): {path}. "
+                        "Give the path of the checkpoint (k) or model config (g).", argument="upstream_args")
+                value = str(path)
+            args[name] = value
+    return out
+
+
+def parse_learning_rates(items: Optional[Sequence[str]], labels: Sequence[str], tasks: Sequence[str]) -> Dict[Tuple[str, str], float]:
+    """``["p6:ks=5e-5,asr=1e-4", "base:all=2e-4"]`` -> ``{("p6", "ks"): 5e-5, ...}`` (``all``: every task)."""
+    out: Dict[Tuple[str, str], float] = {}
+    for item in items or []:
+        label, rest = _name_prefix(item, labels, "learning_rates", "TASK=LR (e.g. pruned_hubert:ks=5e-5)")
+        for part in rest.split(","):
+            if not part.strip():
+                continue
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise UserInputError(f"{item!r}: {part!r} is not TASK=LR", argument="learning_rates")
+            key = key.strip().lower()
+            try:
+                lr = float(value)
+            except ValueError:
+                raise UserInputError(f"{item!r}: {value!r} is not a number", argument="learning_rates") from None
+            if not lr > 0 or lr == float("inf"):
+                raise UserInputError(f"{item!r}: the learning rate must be positive, got {value!r}",
+                                     argument="learning_rates")
+            targets = list(tasks) if key in ("all", "*") else [normalize_task(key, "learning_rates")]
+            for task in targets:
+                if task not in tasks:
+                    raise UserInputError(f"{item!r} sets task {task!r}, which is not in `tasks` {list(tasks)}",
+                                         argument="learning_rates")
+                out[(label, task)] = lr
+    return out
+
+
+def parse_er_folds(text: Union[str, Sequence[str], None]) -> List[str]:
+    """``"1,2"`` or ``"fold1,fold3"`` -> ``["fold1", "fold2"]`` (default: all five)."""
+    items = _split_list(text)
+    if not items:
+        return list(ER_FOLDS)
+    out: List[str] = []
+    for item in items:
+        fold = item.lower()
+        fold = f"fold{fold}" if fold.isdigit() else fold
+        if fold not in ER_FOLDS:
+            raise UserInputError(f"{item!r} is not one of 1..5 (IEMOCAP sessions held out for testing)",
+                                 argument="er_folds")
+        if fold not in out:
+            out.append(fold)
+    return out
+
+
+def _recipe_has_key(config: Mapping, dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _recipe_keys(config: Mapping, prefix: str = "") -> List[str]:
+    out = []
+    for key, value in config.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        out.append(where)
+        if isinstance(value, Mapping):
+            out.extend(_recipe_keys(value, where))
+    return out
+
+
+def parse_recipe_overrides(items: Optional[Sequence[str]], tasks: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """``["runner.total_steps=4", "asr:downstream_expert.modelrc.RNNs.dim=[32, 32]"]`` -> per task
+    ``{dotted key: value}`` (values are YAML). Without ``TASK:`` an override applies to every selected task whose
+    official recipe has the key. Overrides of tasks that are not selected are ignored (one override list serves
+    any ``--tasks``), but a key must exist in the official recipe of its task(s): a typo is refused with the
+    closest keys."""
+    import yaml
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for item in items or []:
+        head, sep, text = item.partition("=")
+        if not sep or not head.strip():
+            raise UserInputError(f"{item!r} is not [TASK:]dotted.key=VALUE (e.g. runner.total_steps=4)",
+                                 argument="recipe_overrides")
+        if ":" in head:
+            task_name, key = head.split(":", 1)
+            candidates = [normalize_task(task_name, "recipe_overrides")]
+        else:
+            key, candidates = head, list(TASKS)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserInputError(f"{item!r}: the value is not YAML ({e})", argument="recipe_overrides") from None
+        having = [t for t in candidates if _recipe_has_key(rf.official_recipe(t), key)]
+        if not having:
+            known = sorted({k for t in candidates for k in _recipe_keys(rf.official_recipe(t))})
+            close = difflib.get_close_matches(key, known, n=4, cutoff=0.5)
+            raise UserInputError(
+                f"{item!r}: the official recipe of {', '.join(candidates)} has no key {key!r}"
+                + (f"; did you mean {', '.join(close)}?" if close else "; see downstream_recipes/<task>.yaml for the keys"),
+                argument="recipe_overrides")
+        for task in having:
+            if task in tasks:
+                out.setdefault(task, {})[key] = value
+    return out
+
+
+def parse_datarc_overrides(items: Optional[Sequence[str]], tasks: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """``["sid:file_path=/data/vox1"]`` -> ``{"sid": {"file_path": "/data/vox1"}}`` (keys: :attr:`Task.data_keys`)."""
+    out: Dict[str, Dict[str, str]] = {}
+    for item in items or []:
+        head, sep, value = item.partition("=")
+        if not sep or ":" not in head or not value.strip():
+            raise UserInputError(f"{item!r} is not TASK:KEY=PATH (e.g. sid:file_path=/data/VoxCeleb1)",
+                                 argument="datarc_overrides")
+        task_name, key = head.split(":", 1)
+        task, key = normalize_task(task_name, "datarc_overrides"), key.strip()
+        if key not in TASKS[task].data_keys:
+            raise UserInputError(f"{item!r}: {task} has the data keys {list(TASKS[task].data_keys)}, not {key!r}",
+                                 argument="datarc_overrides")
+        if task in tasks:
+            out.setdefault(task, {})[key] = str(Path(os.path.expanduser(value.strip())).resolve())
+    return out
+
+
+def build_options(
+    upstreams: Union[str, Sequence[str]],
+    tasks: Union[str, Sequence[str], None],
+    data_root: PathLike,
+    out: PathLike,
+    *,
+    profile: str = "official",
+    upstream_args: Optional[Sequence[str]] = None,
+    learning_rates: Optional[Sequence[str]] = None,
+    er_folds: Union[str, Sequence[str], None] = None,
+    recipe_overrides: Optional[Sequence[str]] = None,
+    datarc: Optional[Sequence[str]] = None,
+    device: str = "cpu",
+    force: bool = False,
+    jobs: int = 1,
+    threads: Optional[int] = None,
+    reference: Optional[str] = None,
+    leaderboard: bool = True,
+    cost_seconds: float = 1.0,
+    cost_repeats: int = 5,
+) -> SuperbOptions:
+    """:class:`SuperbOptions` from the command-line strings (each parser names the bad item and the fix)."""
+    pairs = parse_upstreams(upstreams)
+    labels = [label for label, _ in pairs]
+    task_list = parse_tasks(tasks)
+    args = parse_upstream_args(upstream_args, labels)
+    specs = [UpstreamSpec(label, entry, args.get(label, {}).get("ckpt"), args.get(label, {}).get("model_config"))
+             for label, entry in pairs]
+    return SuperbOptions(
+        upstreams=specs, tasks=task_list, data_root=Path(os.path.expanduser(str(data_root))).resolve(),
+        out=Path(os.path.expanduser(str(out))).resolve(), profile=profile,
+        learning_rates=parse_learning_rates(learning_rates, labels, task_list),
+        er_folds=parse_er_folds(er_folds), recipe_overrides=parse_recipe_overrides(recipe_overrides, task_list),
+        datarc_overrides=parse_datarc_overrides(datarc, task_list), device=device, force=force, jobs=int(jobs),
+        threads=threads, reference=reference, leaderboard=leaderboard, cost_seconds=cost_seconds,
+        cost_repeats=cost_repeats,
+    ).validate()

@@ -1,7 +1,8 @@
-"""Mini-SUPERB: official s3prl downstream recipes, the files s3prl's pip package lacks, and a small
-synthetic-speech corpus (espeak-ng) in the exact on-disk layouts of the KS, SID, ER and ASR experts.
+"""SUPERB on s3prl upstreams: the tasks, their recipes and data, the resumable runner and the leaderboard.
 
-Submodules: ``tts`` (espeak-ng wrapper), ``recipe_files`` (recipes and the writers of char.dict, the
-VoxCeleb1 split, IEMOCAP meta data and LibriSpeech ``len_for_bucket``), ``corpus`` (the corpus builder
-and ``check_layout``). Nothing is imported here, so importing this package stays cheap.
+Submodules: ``tasks`` (one module per task; everything known of it), ``recipe_files`` (official recipes,
+profiles, overrides), ``datafiles`` (the data files s3prl's pip package lacks: char.dict, the VoxCeleb1 split,
+IEMOCAP meta data, LibriSpeech ``len_for_bucket``), ``tts`` (espeak-ng wrapper), ``corpus`` (the mini-SUPERB
+corpus builder), ``planning`` / ``runs`` / ``launch`` / ``runner`` (the benchmark runner), ``results`` (reading a
+run's metric), ``leaderboard`` and ``cost``. Nothing is imported here, so importing this package stays cheap.
 """

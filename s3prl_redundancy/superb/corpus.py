@@ -21,13 +21,10 @@ planning RNG is seeded with ``seed`` and every file's own randomness (offset, ga
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import random
-import re
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +34,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import UserInputError
-from . import recipe_files as rf
+from ..io import OutputDir, atomic_path, atomic_write_text, read_json
+from . import datafiles
+from .recipe_files import recipe_override_string
+from .tasks import TASKS, normalize_task
+from .tasks.ks import KS_COMMANDS, ks_hash_band
 from .tts import SAMPLE_RATE, Voice, espeak_version, find_espeak, synthesize
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -49,9 +50,6 @@ FORMAT_VERSION = 1
 SNR_DB = 30.0
 """Signal-to-noise ratio of the faint white noise added to every speech file."""
 
-KS_COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-KS_CLASSES = KS_COMMANDS + ("_unknown_", "_silence_")
-"""The 12 classes of s3prl's speech_commands dataset (``CLASSES``), in its order."""
 KS_AUXILIARY = ("bed", "bird", "cat", "dog", "eight", "five", "four", "happy", "house", "marvin",
                 "nine", "one", "seven", "sheila", "six", "three", "tree", "two", "wow", "zero")
 """Speech Commands v0.01's 20 auxiliary words (the ``_unknown_`` class)."""
@@ -61,7 +59,7 @@ EMOTIONS = ("neu", "hap", "ang", "sad")
 _EMOTION_NAMES = {"neu": "Neutral", "hap": "Happiness", "ang": "Anger", "sad": "Sadness"}
 _EMOTION_VAD = {"neu": (2.5, 2.5, 2.5), "hap": (4.0, 3.5, 3.0), "ang": (1.5, 4.0, 4.0), "sad": (1.5, 2.0, 2.0)}
 
-ASR_SPLITS = rf.ASR_SPLITS
+ASR_SPLITS = datafiles.ASR_SPLITS
 
 _BASE_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
                 "en-gb-x-gbcwmd", "en-us-nyc")
@@ -110,14 +108,6 @@ _ER_SENTENCES = (
     "Look at what they did with the garden",
     "It is the last day of the school year",
 )
-
-
-class CorpusExistsError(UserInputError):
-    """The output folder is not empty and ``force`` was not given (or it holds data this module did not write)."""
-
-
-class LayoutError(UserInputError):
-    """A data root does not have the layout an s3prl expert reads; the message names the path and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,11 +179,11 @@ class CorpusInfo:
 
     def datarc_for(self, task: str) -> dict:
         """``{datarc key: absolute path}`` for ``task`` (ks/sid/er/asr or the s3prl names)."""
-        return dict(self.datarc[rf.normalize_task(task)])
+        return dict(self.datarc[normalize_task(task)])
 
     def override_string(self, task: str, **kwargs) -> str:
         """s3prl ``-o`` value filling the data keys of ``task`` with this corpus (see ``recipe_override_string``)."""
-        return rf.recipe_override_string(task, self.datarc_for(task), **kwargs)
+        return recipe_override_string(task, self.datarc_for(task), **kwargs)
 
 
 def load_corpus(root: PathLike) -> CorpusInfo:
@@ -203,11 +193,10 @@ def load_corpus(root: PathLike) -> CorpusInfo:
     if not path.is_file():
         raise UserInputError(
             f"{path} does not exist: {root} is not a mini-SUPERB corpus. Build one with "
-            "`s3prl-redundancy corpus --out DIR` (s3prl_redundancy.superb.corpus.build_corpus)."
-        )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+            "s3prl_redundancy.superb.corpus.build_corpus (the corpus command).", argument="root")
+    manifest = read_json(path, "mini-SUPERB manifest", argument="root")
     if manifest.get("generator") != GENERATOR:
-        raise UserInputError(f"{path} was not written by {GENERATOR}")
+        raise UserInputError(f"{path} was not written by {GENERATOR}", argument="root")
     tasks = manifest["tasks"]
     return CorpusInfo(
         root=root,
@@ -268,25 +257,12 @@ def colored_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_audio(path: Path, audio: np.ndarray, fmt: str) -> None:
-    """Atomic 16-bit write (temporary file in the same folder, then os.replace)."""
+    """Atomic 16-bit write (:func:`..io.atomic_path`)."""
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = np.clip(audio, -1.0, 32767 / 32768).astype(np.float32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(path) as tmp:
         sf.write(str(tmp), data, SAMPLE_RATE, format=fmt, subtype="PCM_16")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,14 +280,6 @@ class _Job:
     noise_kind: str = ""
     seconds: float = 0.0
     gain: bool = False
-
-
-def _ks_hash_band(speaker: str) -> str:
-    """Which split s3prl's ``split_dataset`` puts ``<speaker>_nohash_*`` files in (dev / test / train)."""
-    max_uttr = 2 ** 27 - 1
-    hashed = hashlib.sha1(speaker.encode("utf-8")).hexdigest()
-    pct = (int(hashed, 16) % (max_uttr + 1)) * (100.0 / max_uttr)
-    return "dev" if pct < 10 else "test" if pct < 20 else "train"
 
 
 def _voices(rng: random.Random, n: int, variants: Sequence[str], pitch=(30, 70), speed=(150, 190)) -> list:
@@ -341,20 +309,26 @@ def _emotion_voice(base: Voice, emotion: str) -> Voice:
 
 
 def _plan(size: CorpusSize, seed: int) -> tuple:
-    """All jobs, the extra text files, the datarc (relative) and counts, from the seeded planning RNG."""
+    """All jobs, the extra text files, the datarc (relative) and counts, from the seeded planning RNG
+    (one RNG drawn task after task, in this order, so a corpus depends on the seed only)."""
     rng = random.Random(f"mini-superb/{seed}")
     jobs: list = []
-    texts: dict = {}
-    counts: dict = {}
-    meta: dict = {"er_turns": {}}
+    datarc, counts, meta = {}, {}, {"er_turns": {}}
+    datarc["ks"], counts["ks"] = _plan_ks(rng, size, jobs)
+    datarc["sid"] = _plan_sid(rng, size, jobs)
+    datarc["er"], counts["er"] = _plan_er(rng, size, jobs, meta["er_turns"])
+    datarc["asr"], counts["asr"], texts = _plan_asr(rng, size, jobs)
+    return jobs, texts, datarc, counts, meta
 
-    # ---- KS ----------------------------------------------------------------------------------
+
+def _plan_ks(rng: random.Random, size: CorpusSize, jobs: list) -> tuple:
+    """Speech Commands: speakers drawn until each hash band (train / dev / test) has its count."""
     sc, sc_test = "speech_commands_v0.01", "speech_commands_test_set_v0.01"
     want = {"train": size.ks_train_speakers, "dev": size.ks_dev_speakers, "test": size.ks_test_speakers}
     got: dict = {"train": [], "dev": [], "test": []}
     while any(len(got[b]) < want[b] for b in want):
         spk = f"{rng.getrandbits(32):08x}"
-        band = _ks_hash_band(spk)
+        band = ks_hash_band(spk)
         if len(got[band]) < want[band] and all(spk not in v for v in got.values()):
             got[band].append(spk)
     n_spk = sum(want.values())
@@ -379,7 +353,7 @@ def _plan(size: CorpusSize, seed: int) -> tuple:
         jobs.append(_Job(f"{sc_test}/_silence_/silence_{i:03d}_nohash_0.wav", "ks_silence",
                          noise_kind=KS_NOISES[i % len(KS_NOISES)].split("_")[0], seconds=1.0))
     per_spk = len(words) * size.ks_repeats
-    counts["ks"] = {
+    counts = {
         "speakers": {b: len(v) for b, v in got.items()},
         "commands": list(KS_COMMANDS),
         "unknown_words": unknown,
@@ -388,11 +362,14 @@ def _plan(size: CorpusSize, seed: int) -> tuple:
         "background_noise_files": len(KS_NOISES),
         "test_clips": len(got["test"]) * len(KS_COMMANDS) + n_test_unknown + size.ks_test_silence,
     }
-    datarc = {"ks": {"speech_commands_root": sc, "speech_commands_test_root": sc_test}}
+    return {"speech_commands_root": sc, "speech_commands_test_root": sc_test}, counts
 
-    # ---- SID ---------------------------------------------------------------------------------
+
+
+def _plan_sid(rng: random.Random, size: CorpusSize, jobs: list) -> dict:
+    """VoxCeleb1: one voice per speaker id, a third of the speakers in the test subset."""
     vox = "VoxCeleb1"
-    ids = sorted(rng.sample(range(rf.VOXCELEB1_FIRST_ID, rf.VOXCELEB1_FIRST_ID + rf.VOXCELEB1_NUM_SPEAKERS),
+    ids = sorted(rng.sample(range(datafiles.VOXCELEB1_FIRST_ID, datafiles.VOXCELEB1_FIRST_ID + datafiles.VOXCELEB1_NUM_SPEAKERS),
                             size.sid_speakers))
     sid_voices = _voices(rng, size.sid_speakers, _MALE_VARIANTS + _FEMALE_VARIANTS, pitch=(20, 80), speed=(140, 200))
     n_test_subset = max(1, size.sid_speakers // 3)
@@ -406,9 +383,12 @@ def _plan(size: CorpusSize, seed: int) -> tuple:
                 utt += 1
                 jobs.append(_Job(f"{vox}/{subset}/wav/id{num}/{yt}/{utt:05d}.wav", "speech",
                                  _sentence(rng, 6, 12), voice))
-    datarc["sid"] = {"file_path": vox, "meta_data": f"{vox}/iden_split.txt"}
+    return {"file_path": vox, "meta_data": f"{vox}/iden_split.txt"}
 
-    # ---- ER ----------------------------------------------------------------------------------
+
+
+def _plan_er(rng: random.Random, size: CorpusSize, jobs: list, turns: dict) -> tuple:
+    """IEMOCAP: 5 sessions x (one female, one male voice) x 4 emotions; ``turns`` gets the label lines."""
     iem = "IEMOCAP"
     for n in range(1, 6):
         session = f"Session{n}"
@@ -425,17 +405,20 @@ def _plan(size: CorpusSize, seed: int) -> tuple:
                     utt = f"{dialog}_{gender}{idx:03d}"
                     rel = f"{iem}/{session}/sentences/wav/{dialog}/{utt}.wav"
                     jobs.append(_Job(rel, "speech", rng.choice(_ER_SENTENCES), _emotion_voice(voice, emotion)))
-                    meta["er_turns"].setdefault((session, dialog), []).append((utt, emotion, rel))
-    counts["er"] = {"sessions": 5, "speakers_per_session": 2, "utterances": 5 * 2 * 4 * size.er_utts_per_emotion,
+                    turns.setdefault((session, dialog), []).append((utt, emotion, rel))
+    counts = {"sessions": 5, "speakers_per_session": 2, "utterances": 5 * 2 * 4 * size.er_utts_per_emotion,
                     "per_label_per_session": 2 * size.er_utts_per_emotion}
-    datarc["er"] = {"root": iem, "meta_data": f"{iem}/meta_data"}
+    return {"root": iem, "meta_data": f"{iem}/meta_data"}, counts
 
-    # ---- ASR ---------------------------------------------------------------------------------
+
+
+def _plan_asr(rng: random.Random, size: CorpusSize, jobs: list) -> tuple:
+    """LibriSpeech: speakers x chapters x utterances per split, with their transcripts."""
     libri = "LibriSpeech"
     spk_ids = rng.sample(range(100, 9000), sum(size.asr_speakers))
     chapter_ids = rng.sample(range(1000, 99999), sum(s * c for s, c in zip(size.asr_speakers, size.asr_chapters)))
     asr_voices = _voices(rng, sum(size.asr_speakers), _MALE_VARIANTS + _FEMALE_VARIANTS, speed=(150, 175))
-    counts["asr"] = {}
+    counts: dict = {}
     trans: dict = {}
     s_i = c_i = 0
     for split, n_spk, n_ch, n_utt in zip(ASR_SPLITS, size.asr_speakers, size.asr_chapters, size.asr_utts_per_chapter):
@@ -454,11 +437,9 @@ def _plan(size: CorpusSize, seed: int) -> tuple:
                     lines.append(f"{uid} {text.upper()}\n")
                     n_files += 1
                 trans[f"{libri}/{split}/{spk}/{chapter}/{spk}-{chapter}.trans.txt"] = "".join(lines)
-        counts["asr"][split] = n_files
-    counts["asr"]["speakers"] = dict(zip(ASR_SPLITS, size.asr_speakers))
-    texts.update(trans)
-    datarc["asr"] = {"libri_root": libri, "bucket_file": f"{libri}/len_for_bucket", "dict_path": f"{libri}/char.dict"}
-    return jobs, texts, datarc, counts, meta
+        counts[split] = n_files
+    counts["speakers"] = dict(zip(ASR_SPLITS, size.asr_speakers))
+    return {"libri_root": libri, "bucket_file": f"{libri}/len_for_bucket", "dict_path": f"{libri}/char.dict"}, counts, trans
 
 
 def _render(job: _Job, seed: int, espeak: str) -> np.ndarray:
@@ -504,38 +485,7 @@ def _emo_evaluation(turns: list, durations: dict) -> str:
 
 _OWN_ENTRIES = ("speech_commands_v0.01", "speech_commands_test_set_v0.01", "VoxCeleb1", "IEMOCAP", "LibriSpeech",
                 MANIFEST, BUILD_MARKER)
-
-
-def _check_out_dir(out: Path, force: bool) -> bool:
-    """Raise unless ``out`` may be (re)built; True when it holds a previous mini-SUPERB build to clear."""
-    if out.exists() and not out.is_dir():
-        raise CorpusExistsError(f"--out {out} is a file; choose a folder path.")
-    if not out.exists() or not any(out.iterdir()):
-        return False
-    ours = (out / MANIFEST).is_file() or (out / BUILD_MARKER).exists()
-    if not force:
-        raise CorpusExistsError(
-            f"output folder {out} already exists and is not empty; refusing to overwrite it. Pass force=True "
-            "(--force) to rebuild the corpus there, or choose a new or empty folder."
-        )
-    if not ours:
-        raise CorpusExistsError(
-            f"output folder {out} is not empty and holds no mini-SUPERB corpus ({MANIFEST} missing), so even with "
-            "--force nothing is deleted there. Choose a new or empty folder."
-        )
-    return True
-
-
-def _prepare_out_dir(out: Path, force: bool) -> None:
-    if not _check_out_dir(out, force):
-        out.mkdir(parents=True, exist_ok=True)
-        return
-    for name in _OWN_ENTRIES:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+"""Everything a build writes under its folder (the output-folder marker records them)."""
 
 
 def build_corpus(
@@ -550,36 +500,67 @@ def build_corpus(
     """Build the mini-SUPERB corpus under ``out_dir`` (see the module docstring for the layout).
 
     size: ``tiny`` or ``small`` (:data:`SIZES`). seed: same seed -> byte-identical audio with the same
-    espeak-ng build. force: rebuild in a folder that already holds a mini-SUPERB corpus (its own folders
-    are deleted first; other files are left alone; a non-empty folder without ``corpus.json`` is refused).
-    workers: parallel espeak-ng processes (default ``min(2, cpu count)``). progress: True for a tqdm bar,
-    or a callable receiving the number of files just finished.
+    espeak-ng build. force: rebuild in a folder that holds a previous corpus build (its files are deleted
+    first; other files are left alone) or write beside files of others (:class:`..io.OutputDir`, command
+    ``corpus``). workers: parallel espeak-ng processes (default ``min(2, cpu count)``). progress: True for a
+    tqdm bar, or a callable receiving the number of files just finished.
     """
     if size not in SIZES:
-        raise UserInputError(f"unknown corpus size {size!r}; use one of {sorted(SIZES)}")
+        raise UserInputError(f"unknown corpus size {size!r}; use one of {sorted(SIZES)}", argument="size")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}")
+        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}", argument="seed")
     seed = int(seed)
-    out = Path(out_dir).expanduser().resolve()
-    _check_out_dir(out, force)  # refuse before anything else
+    out = OutputDir(Path(out_dir).expanduser().resolve(), "corpus", force=force)
+    out.check(outputs=_OWN_ENTRIES)  # refuse before anything else
     espeak = find_espeak()
     version = espeak_version(espeak)
-    _prepare_out_dir(out, force)
+    out.prepare()
+    out.record(*_OWN_ENTRIES)  # before writing, so that `force` can clean up after a crash mid-build
     start = time.perf_counter()
-    (out / BUILD_MARKER).write_text(json.dumps({"generator": GENERATOR, "size": size, "seed": seed}) + "\n")
-
+    out.write_text(BUILD_MARKER, json.dumps({"generator": GENERATOR, "size": size, "seed": seed}) + "\n")
     jobs, texts, datarc, counts, meta = _plan(SIZES[size], seed)
+    durations = _render_all(jobs, out.path, seed, espeak, workers, progress, f"mini-SUPERB {size}")
+    _write_side_files(out.path, texts, meta, durations)
+    extra = _write_data_files(out.path, datarc, seed)
+    counts["sid"], counts["er"]["labels"] = extra["sid"], extra["er_labels"]
+    files = sorted(p for name in _OWN_ENTRIES[:-2] for p in (out.path / name).rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(out.path).as_posix().encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    manifest = {
+        "generator": GENERATOR,
+        "format_version": FORMAT_VERSION,
+        "size": size,
+        "seed": seed,
+        "sample_rate": SAMPLE_RATE,
+        "snr_db": SNR_DB,
+        "tts": {"engine": "espeak-ng", "version": version},
+        "paths_relative_to": "the folder holding this file",
+        "n_files": len(files),
+        "n_audio_files": len(jobs),
+        "content_sha256": digest.hexdigest(),
+        "tasks": {t: {"downstream": TASKS[t].downstream, "datarc": datarc[t], "counts": counts[t]} for t in TASKS},
+    }
+    out.write_json(MANIFEST, manifest)
+    (out.path / BUILD_MARKER).unlink()
+    info = load_corpus(out.path)
+    info.build_seconds = time.perf_counter() - start
+    return info
+
+
+def _render_all(jobs: Sequence[_Job], out: Path, seed: int, espeak: str, workers: Optional[int],
+                progress: Union[bool, Callable[[int], Any]], title: str) -> dict:
+    """Synthesise every job in parallel espeak-ng processes; returns ``{relative path: samples}``."""
     n_workers = max(1, int(workers)) if workers is not None else max(1, min(2, os.cpu_count() or 1))
     bar = None
     if progress is True:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"mini-SUPERB {size}", unit="file")
+        bar = tqdm(total=len(jobs), desc=title, unit="file")
         step = bar.update
-    elif callable(progress):
-        step = progress
     else:
-        step = None
+        step = progress if callable(progress) else None
 
     def run(job: _Job) -> int:
         try:
@@ -599,326 +580,25 @@ def build_corpus(
     finally:
         if bar is not None:
             bar.close()
+    return durations
 
+
+def _write_side_files(out: Path, texts: Mapping[str, str], meta: Mapping[str, Any], durations: Mapping[str, int]) -> None:
+    """The transcripts and the IEMOCAP label files (they need the rendered durations)."""
     for rel, text in texts.items():
-        _write_text(out / rel, text)
+        atomic_write_text(out / rel, text)
     for (session, dialog), turns in meta["er_turns"].items():
-        _write_text(out / "IEMOCAP" / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt",
-                    _emo_evaluation(turns, durations))
-
-    # the files s3prl's pip package lacks, written by the same writers users call on real data
-    counts["sid"] = rf.write_voxceleb1_split(out / datarc["sid"]["file_path"], out / datarc["sid"]["meta_data"],
-                                             seed=seed, force=True)
-    counts["er"]["labels"] = rf.write_iemocap_meta(out / datarc["er"]["root"], out / datarc["er"]["meta_data"],
-                                                   force=True)
-    rf.write_len_for_bucket(out / datarc["asr"]["libri_root"], out / datarc["asr"]["bucket_file"], ASR_SPLITS,
-                            force=True)
-    rf.write_char_dict(out / datarc["asr"]["dict_path"], force=True)
-
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, BUILD_MARKER))
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(out).as_posix().encode("utf-8") + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    downstream = {t: rf.TASKS[t].downstream for t in rf.TASKS}
-    manifest = {
-        "generator": GENERATOR,
-        "format_version": FORMAT_VERSION,
-        "size": size,
-        "seed": seed,
-        "sample_rate": SAMPLE_RATE,
-        "snr_db": SNR_DB,
-        "tts": {"engine": "espeak-ng", "version": version},
-        "paths_relative_to": "the folder holding this file",
-        "n_files": len(files),
-        "n_audio_files": len(jobs),
-        "content_sha256": digest.hexdigest(),
-        "tasks": {t: {"downstream": downstream[t], "datarc": datarc[t], "counts": counts[t]} for t in rf.TASKS},
-    }
-    _write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    (out / BUILD_MARKER).unlink()
-    info = load_corpus(out)
-    info.build_seconds = time.perf_counter() - start
-    return info
+        atomic_write_text(out / "IEMOCAP" / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt",
+                          _emo_evaluation(turns, durations))
 
 
-# --------------------------------------------------------------------------------------------------
-# layout checks (also for user data)
-# --------------------------------------------------------------------------------------------------
-
-
-def _need_dir(path: Path, what: str, fix: str) -> Path:
-    if not path.is_dir():
-        state = "is a file, not a folder" if path.exists() else "does not exist"
-        raise LayoutError(f"{what}: expected folder {path}, but it {state}. {fix}")
-    return path
-
-
-def _need_file(path: Path, what: str, fix: str) -> Path:
-    if not path.is_file():
-        state = "is a folder, not a file" if path.exists() else "does not exist"
-        raise LayoutError(f"{what}: expected file {path}, but it {state}. {fix}")
-    return path
-
-
-def _probe_audio(path: Path, need_rate: Optional[int] = None) -> None:
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:
-        raise LayoutError(f"cannot read audio file {path} ({exc}); replace or remove it.") from exc
-    if need_rate is not None and info.samplerate != need_rate:
-        raise LayoutError(f"{path} is {info.samplerate} Hz but the expert needs {need_rate} Hz; resample the corpus.")
-
-
-def ks_split(root: PathLike) -> tuple:
-    """s3prl's ``speech_commands.expert.split_dataset``: ``([(class, path)] train, [(class, path)] dev)``."""
-    train, dev = [], []
-    for entry in Path(root).iterdir():
-        if not entry.is_dir() or entry.name == "_background_noise_":
-            continue
-        for audio_path in entry.glob("*.wav"):
-            band = _ks_hash_band(re.sub(r"_nohash_.*$", "", audio_path.name))
-            if band == "dev":
-                dev.append((entry.name, audio_path))
-            elif band == "train":
-                train.append((entry.name, audio_path))
-    return train, dev
-
-
-def _check_ks(datarc: Mapping) -> dict:
-    root = _need_dir(Path(datarc["speech_commands_root"]), "KS speech_commands_root",
-                     "Unpack speech_commands_v0.01.tar.gz there (it holds one folder per word and _background_noise_/).")
-    for word in KS_COMMANDS:
-        folder = _need_dir(root / word, f"KS command word {word!r}",
-                           "speech_commands_root must hold one folder per word (yes, no, up, ... go).")
-        if not any(folder.glob("*.wav")):
-            raise LayoutError(f"KS folder {folder} has no .wav files; expected <speaker>_nohash_<n>.wav clips.")
-    noise = _need_dir(root / "_background_noise_", "KS background noise (the _silence_ class)",
-                      "Speech Commands ships _background_noise_/*.wav; restore it.")
-    n_noise = len(list(noise.glob("*.wav")))
-    if not n_noise:
-        raise LayoutError(f"{noise} has no .wav files; the _silence_ class is cut from them.")
-    train, dev = ks_split(root)
-    for name, items in (("train", train), ("dev", dev)):
-        if not items:
-            raise LayoutError(
-                f"the KS {name} split of {root} is empty: s3prl assigns a clip to dev when sha1(<speaker>) of its "
-                f"'<speaker>_nohash_<n>.wav' name falls in the first 10%, to nothing in the next 10%, else to train. "
-                "Add clips from more speakers (file names must follow <speaker>_nohash_<n>.wav)."
-            )
-    out = {"train": len(train), "dev": len(dev), "background_noise": n_noise}
-    probe = train[0][1]
-    _probe_audio(probe)
-    if "speech_commands_test_root" in datarc:
-        test = _need_dir(Path(datarc["speech_commands_test_root"]), "KS speech_commands_test_root",
-                         "Unpack speech_commands_test_set_v0.01.tar.gz there (12 class folders).")
-        per_class = {}
-        for class_dir in sorted(test.iterdir()):
-            if not class_dir.is_dir():
-                continue
-            if class_dir.name not in KS_CLASSES:
-                raise LayoutError(
-                    f"KS test folder {class_dir} is not one of the 12 classes {list(KS_CLASSES)}; s3prl's test "
-                    "dataset uses every sub-folder name as a label and would fail on it. Remove or rename it."
-                )
-            per_class[class_dir.name] = len(list(class_dir.glob("*.wav")))
-        if not sum(per_class.values()):
-            raise LayoutError(f"KS test root {test} holds no <class>/*.wav files.")
-        out["test"] = sum(per_class.values())
-        out["test_per_class"] = per_class
-    return out
-
-
-def _check_sid(datarc: Mapping) -> dict:
-    root = Path(datarc["file_path"])
-    _need_dir(root, "SID file_path (VoxCeleb1 root)", "Point it at the folder holding dev/wav/ and test/wav/.")
-    try:
-        speakers = rf.scan_voxceleb1(root)
-    except UserInputError as exc:
-        raise LayoutError(str(exc)) from exc
-    files = {rel for paths in speakers.values() for rel in paths}
-    first = next(iter(speakers.values()))[0]
-    matches = list(root.glob("*/wav/" + first))
-    _probe_audio(matches[0], 16000)
-    out = {"speakers": len(speakers), "utterances": len(files)}
-    if "meta_data" in datarc:
-        path = _need_file(Path(datarc["meta_data"]), "SID meta_data (identification split)",
-                          "Use VoxCeleb1's iden_split.txt or write one with recipe_files.write_voxceleb1_split(root, path).")
-        try:
-            rows = rf.read_voxceleb1_split(path)
-        except UserInputError as exc:
-            raise LayoutError(str(exc)) from exc
-        split_counts = {1: 0, 2: 0, 3: 0}
-        for split, rel in rows:
-            if rel not in files:
-                raise LayoutError(
-                    f"{path} lists {rel}, but no {root}/*/wav/{rel} exists (the expert globs exactly that). "
-                    "Regenerate the split for this root or fix file_path."
-                )
-            split_counts[split] += 1
-        for split, name in ((1, "train"), (2, "dev"), (3, "test")):
-            if not split_counts[split]:
-                raise LayoutError(f"{path} has no '{split} ...' ({name}) lines; the expert needs train, dev and test.")
-        out.update(train=split_counts[1], dev=split_counts[2], test=split_counts[3])
-    return out
-
-
-def _check_er(datarc: Mapping) -> dict:
-    root = _need_dir(Path(datarc["root"]), "ER root (IEMOCAP)",
-                     "Point it at IEMOCAP_full_release/, the folder holding Session1/ .. Session5/.")
-    out: dict = {"sessions": []}
-    for n in range(1, 6):
-        session = root / f"Session{n}"
-        _need_dir(session / "sentences" / "wav", f"IEMOCAP Session{n} audio",
-                  f"IEMOCAP keeps utterances at Session{n}/sentences/wav/<dialog>/<utt>.wav.")
-        out["sessions"].append(session.name)
-    if "meta_data" not in datarc:
-        for n in range(1, 6):
-            _need_dir(root / f"Session{n}" / "dialog" / "EmoEvaluation", f"IEMOCAP Session{n} labels",
-                      "write_iemocap_meta() reads Session<N>/dialog/EmoEvaluation/<dialog>.txt.")
-        return out
-    meta = _need_dir(Path(datarc["meta_data"]), "ER meta_data folder",
-                     "Write it with recipe_files.write_iemocap_meta(root, meta_data_dir).")
-    folds = [datarc["test_fold"]] if datarc.get("test_fold") else list(rf.ER_FOLDS)
-    probed = False
-    for fold in folds:
-        session = str(fold).replace("fold", "Session")
-        for name in ("train_meta_data.json", "test_meta_data.json"):
-            path = _need_file(meta / session / name, f"ER {fold} meta data",
-                              "Write it with recipe_files.write_iemocap_meta(root, meta_data_dir).")
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                labels, entries = data["labels"], data["meta_data"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise LayoutError(f"{path} is not an emotion meta file ({exc}); rewrite it with write_iemocap_meta().") from exc
-            if not entries:
-                raise LayoutError(f"{path} lists no utterances; rewrite it with write_iemocap_meta().")
-            for entry in entries:
-                if entry.get("label") not in labels:
-                    raise LayoutError(f"{path}: label {entry.get('label')!r} is not in its labels {labels}.")
-                wav = root / entry["path"]
-                if not wav.is_file():
-                    raise LayoutError(
-                        f"{path} lists {entry['path']}, but {wav} does not exist (paths are relative to the ER root). "
-                        "Fix the root or rewrite the meta data for this root."
-                    )
-                if not probed:
-                    _probe_audio(wav)
-                    probed = True
-            out[f"{fold}:{name.split('_')[0]}"] = len(entries)
-    return out
-
-
-def _check_asr(datarc: Mapping) -> dict:
-    root = _need_dir(Path(datarc["libri_root"]), "ASR libri_root (LibriSpeech)",
-                     "Point it at LibriSpeech/, the folder holding train-clean-100/, dev-clean/, test-clean/.")
-    splits = list(datarc.get("splits") or ASR_SPLITS)
-    out: dict = {}
-    for split in splits:
-        folder = _need_dir(root / split, f"LibriSpeech {split}", f"Download {split} from https://www.openslr.org/12.")
-        chapters = [c for s in sorted(folder.iterdir()) if s.is_dir() for c in sorted(s.iterdir()) if c.is_dir()]
-        if not chapters:
-            raise LayoutError(f"{folder} has no <speaker>/<chapter>/ folders.")
-        n = 0
-        for chapter in chapters:
-            trans = _need_file(chapter / f"{chapter.parent.name}-{chapter.name}.trans.txt", "LibriSpeech transcript",
-                               "Every <spk>/<chapter>/ folder needs <spk>-<chapter>.trans.txt.")
-            flacs = sorted(chapter.glob("*.flac"))
-            ids = {line.split(" ", 1)[0] for line in trans.read_text(encoding="utf-8").splitlines() if line.strip()}
-            for flac in flacs:
-                if flac.stem not in ids:
-                    raise LayoutError(f"{flac.name} has no line in {trans}; add its transcript or remove the file.")
-            n += len(flacs)
-        if not n:
-            raise LayoutError(f"{folder} holds no .flac files.")
-        _probe_audio(next(chapters[0].glob("*.flac")), 16000)
-        out[split] = n
-    if "bucket_file" in datarc:
-        bucket = _need_dir(Path(datarc["bucket_file"]), "ASR bucket_file (len_for_bucket folder)",
-                           "Write it with recipe_files.write_len_for_bucket(libri_root, bucket_dir).")
-        for split in splits:
-            csv_path = _need_file(bucket / f"{split}.csv", f"ASR length table for {split}",
-                                  "Write it with recipe_files.write_len_for_bucket(libri_root, bucket_dir).")
-            lines = csv_path.read_text(encoding="utf-8").splitlines()
-            header = lines[0].split(",") if lines else []
-            if "file_path" not in header or "length" not in header or len(lines) < 2:
-                raise LayoutError(f"{csv_path} is not a len_for_bucket table (needs file_path,length columns and rows).")
-            first = lines[1].split(",")[header.index("file_path")]
-            if not (root / first).is_file():
-                raise LayoutError(f"{csv_path} lists {first}, missing under {root}; regenerate it for this libri_root.")
-    if "dict_path" in datarc:
-        try:
-            symbols = rf.read_char_dict(datarc["dict_path"])
-        except UserInputError as exc:
-            raise LayoutError(str(exc)) from exc
-        out["dict_symbols"] = len(symbols)
-    return out
-
-
-_CHECKS = {"ks": _check_ks, "sid": _check_sid, "er": _check_er, "asr": _check_asr}
-_MAIN_KEY = {"ks": "speech_commands_root", "sid": "file_path", "er": "root", "asr": "libri_root"}
-
-
-def check_layout(task: str, root: Union[PathLike, Mapping, None] = None, **datarc: Any) -> dict:
-    """Verify that data is laid out the way s3prl's expert for ``task`` reads it.
-
-    ``root`` is the task's main data path (ks ``speech_commands_root``, sid ``file_path``, er ``root``,
-    asr ``libri_root``) or a whole datarc mapping (e.g. ``CorpusInfo.datarc_for(task)``); the other datarc
-    keys can be given as keyword arguments: ks ``speech_commands_test_root``; sid ``meta_data``; er
-    ``meta_data``, ``test_fold``; asr ``bucket_file``, ``dict_path``, ``splits``. Keys not given are not
-    checked. Raises :class:`LayoutError` naming the expected file or folder and the fix; returns counts.
-    """
-    task = rf.normalize_task(task)
-    values: dict = {}
-    if isinstance(root, Mapping):
-        values.update(root)
-    elif root is not None:
-        values[_MAIN_KEY[task]] = root
-    values.update(datarc)
-    if _MAIN_KEY[task] not in values:
-        raise UserInputError(f"check_layout({task!r}) needs the {_MAIN_KEY[task]} path")
-    values = {k: (os.path.expanduser(str(v)) if k in rf.TASKS[task].data_keys else v) for k, v in values.items()}
-    for key in rf.TASKS[task].data_keys:
-        if key in values and rf.is_placeholder(values[key]):
-            raise LayoutError(f"{task} datarc key {key} is still the placeholder {values[key]}; pass the real path.")
-    return _CHECKS[task](values)
-
-
-# --------------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------------
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``s3prl-redundancy corpus --out DIR [--size tiny|small] [--seed N] [--force]``."""
-    parser = argparse.ArgumentParser(
-        prog="s3prl-redundancy corpus",
-        description="Build the mini-SUPERB corpus: espeak-ng speech in the layouts of s3prl's KS, SID, ER and ASR experts.",
-    )
-    parser.add_argument("--out", required=True, help="output folder (new or empty; --force to rebuild a corpus)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny (~300 files) or small (~1400 files)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files")
-    parser.add_argument("--force", action="store_true", help="rebuild over an existing mini-SUPERB corpus in --out")
-    parser.add_argument("--workers", type=int, default=None, help="parallel espeak-ng processes (default: min(2, CPUs))")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    info = build_corpus(args.out, size=args.size, seed=args.seed, force=args.force, workers=args.workers,
-                        progress=not args.quiet)
-    print(f"mini-SUPERB {info.size} corpus (seed {info.seed}): {info.n_files} files in {info.build_seconds:.1f} s "
-          f"at {info.root}")
-    for task in rf.TASKS:
-        print(f"  {task:4s} -d {info.downstream[task]:16s} " +
-              " ".join(f"{k}={v}" for k, v in info.datarc_for(task).items()))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    try:
-        sys.exit(main())
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+def _write_data_files(out: Path, datarc: Mapping[str, Mapping[str, str]], seed: int) -> dict:
+    """The files s3prl's pip package lacks, written by the same writers users call on real data; returns the
+    counts they add (``sid`` split counts, ``er`` labels)."""
+    sid, er, asr = datarc["sid"], datarc["er"], datarc["asr"]
+    counts = {"sid": datafiles.write_voxceleb1_split(out / sid["file_path"], out / sid["meta_data"], seed=seed,
+                                                     force=True)}
+    labels = datafiles.write_iemocap_meta(out / er["root"], out / er["meta_data"], force=True)
+    datafiles.write_len_for_bucket(out / asr["libri_root"], out / asr["bucket_file"], ASR_SPLITS, force=True)
+    datafiles.write_char_dict(out / asr["dict_path"], force=True)
+    return {"sid": counts["sid"], "er_labels": labels}

@@ -21,7 +21,6 @@ Columns (scores in percent, as SUPERB reports them):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -29,14 +28,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import UserInputError
+from ..io import atomic_write_json, atomic_write_text, json_ready, read_json, save_figure
 from . import results as res
-from .recipe_files import ER_FOLDS
-from .runner import RUN_JSON, RUNS_DIR, STATUS_FINISHED, SUPERB_JSON, read_run_json
+from .runs import RUN_JSON, RUNS_DIR, STATUS_FINISHED, read_run_json, read_superb_json
+from .tasks import TASK_ORDER, TASKS
+from .tasks.er import ER_FOLDS
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-TASK_ORDER = ("ks", "sid", "er", "asr")
-SCORE_COLUMN = {"ks": "ks_acc", "sid": "sid_acc", "er": "er_acc", "asr": "asr_wer"}
+SCORE_COLUMN = {name: task.score_column for name, task in TASKS.items()}
 CAPACITY_COLUMN = {t: f"capacity_{t}" for t in TASK_ORDER}
 COLUMNS = (
     ["upstream", "hub_entry"] + [SCORE_COLUMN[t] for t in TASK_ORDER]
@@ -56,7 +56,7 @@ def collect_runs(exproot: PathLike) -> List[Dict[str, Any]]:
     """Every ``runs/<label>/<run>/run.json`` under ``exproot`` (sorted by path)."""
     root = Path(exproot)
     if not root.is_dir():
-        raise UserInputError(f"{root} does not exist; give the --out folder of `s3prl-redundancy superb`")
+        raise UserInputError(f"{root} does not exist; give the output folder of a superb run", argument="exproot")
     runs = []
     for path in sorted((root / RUNS_DIR).glob(f"*/*/{RUN_JSON}")):
         record = read_run_json(path.parent)
@@ -65,9 +65,8 @@ def collect_runs(exproot: PathLike) -> List[Dict[str, Any]]:
             runs.append(record)
     if not runs:
         raise UserInputError(
-            f"no {RUNS_DIR}/<upstream>/<task>/{RUN_JSON} under {root}: nothing has run there yet. Run "
-            "`s3prl-redundancy superb --out " + str(root) + " ...` first."
-        )
+            f"no {RUNS_DIR}/<upstream>/<task>/{RUN_JSON} under {root}: nothing has run there yet. Run the superb "
+            "benchmark into this folder first.", argument="exproot")
     return runs
 
 
@@ -117,10 +116,11 @@ def task_cells(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
 
 
 def task_accuracy(task: str, score_percent: float) -> float:
-    """The accuracy behind a task score, as a fraction: ``acc / 100``; ASR: ``max(0, 1 - WER / 100)``."""
+    """The accuracy behind a task score, as a fraction: ``acc / 100``; an error rate (lower is better, ASR's
+    WER): ``max(0, 1 - rate / 100)``."""
     if score_percent is None or (isinstance(score_percent, float) and math.isnan(score_percent)):
         return float("nan")
-    if task == "asr":
+    if not TASKS[task].higher_is_better:
         return max(0.0, 1.0 - float(score_percent) / 100.0)
     return float(score_percent) / 100.0
 
@@ -159,6 +159,12 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> List[bool]:
 # --------------------------------------------------------------------------------------------------
 
 
+def check_cost_options(cost_seconds: float, cost_repeats: int) -> None:
+    """Refuse a cost measurement that cannot be made, before any work."""
+    if cost_repeats < 1 or cost_seconds <= 0:
+        raise UserInputError("must be >= 1 and `cost_seconds` > 0", argument="cost_repeats")
+
+
 def _cost_key(info: Mapping[str, Mapping[str, Any]], device: str, seconds: float, repeats: int, threads) -> Dict[str, Any]:
     return {
         "upstreams": {label: {"hub_entry": v.get("hub_entry"), "upstream_args": v.get("upstream_args"),
@@ -181,18 +187,17 @@ def measure_costs(
     an ``error`` instead of numbers."""
     import torch
 
-    from ..checkpoints import atomic_write_text
     from ..upstream_loading import load_upstream
     from .cost import measure_upstream_costs
 
     path = Path(exproot) / COST_JSON
-    key = _cost_key(info, device, seconds, repeats, threads)
+    key = json_ready(_cost_key(info, device, seconds, repeats, threads))
     if path.is_file() and not remeasure:
         try:
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            if cached.get("key") == json.loads(json.dumps(key, default=str)):
+            cached = read_json(path)
+            if isinstance(cached, dict) and cached.get("key") == key:
                 return cached
-        except ValueError:
+        except UserInputError:  # an unreadable cache is measured again
             pass
     previous = torch.get_num_threads()
     if threads:
@@ -219,8 +224,8 @@ def measure_costs(
                         costs[label] = {"error": f"its forward failed while measuring cost: {type(e).__name__}: {e}"}
     finally:
         torch.set_num_threads(previous)
-    data = {"key": json.loads(json.dumps(key, default=str)), "upstreams": costs}
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    data = json_ready({"key": key, "upstreams": costs})
+    atomic_write_json(path, data)
     return data
 
 
@@ -244,21 +249,48 @@ class Leaderboard:
 
 
 def _reference_label(exproot: Path, labels: Sequence[str], reference: Optional[str]) -> Tuple[str, List[str]]:
-    order: List[str] = []
-    saved = None
-    path = exproot / SUPERB_JSON
-    if path.is_file():
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            order, saved = list(state.get("upstreams", [])), state.get("reference")
-        except ValueError:
-            pass
+    state = read_superb_json(exproot)
+    order: List[str] = list(state.get("upstreams", []))
+    saved = state.get("reference")
     order = [label for label in order if label in labels] + sorted(label for label in labels if label not in order)
     if reference is not None:
         if reference not in labels:
-            raise UserInputError(f"--reference {reference!r} has no runs in {exproot}; upstreams with runs: {order}")
+            raise UserInputError(f"{reference!r} has no runs in {exproot}; upstreams with runs: {order}",
+                                 argument="reference")
         return reference, order
     return (saved if saved in labels else order[0]), order
+
+
+def _row(label: str, info: Mapping[str, Any], ref_tasks: Mapping[str, Any], cost: Mapping[str, Any]
+         ) -> Tuple[Dict[str, Any], List[str]]:
+    """One upstream's row (scores, capacity kept, cost) and the tasks that did not finish."""
+    tasks = info["tasks"]
+    row: Dict[str, Any] = {"upstream": label, "hub_entry": info["hub_entry"]}
+    failures, failed = [], []
+    for task in TASK_ORDER:
+        cell = tasks.get(task)
+        row[SCORE_COLUMN[task]] = cell["value"] if cell else float("nan")
+        if cell and cell["failure"]:
+            failures.append(f"{task}: {cell['failure']}")
+            failed.append(task)
+        ref_cell = ref_tasks.get(task)
+        row[CAPACITY_COLUMN[task]] = capacity_kept(task, row[SCORE_COLUMN[task]],
+                                                  ref_cell["value"] if ref_cell else float("nan"))
+    defined = [t for t in TASK_ORDER if not math.isnan(row[CAPACITY_COLUMN[t]])]
+    row["capacity_avg"] = (sum(row[CAPACITY_COLUMN[t]] for t in defined) / len(defined)) if defined else float("nan")
+    row["capacity_tasks"] = ",".join(defined)
+    row["er_folds"] = ",".join(f.replace("fold", "") for f in tasks.get("er", {}).get("folds") or [])
+    row["learning_rates"] = ",".join(f"{t}={lr:g}" for t, lr in sorted(info["learning_rates"].items()))
+    if "error" in cost:
+        failures.append(f"cost: {cost['error']}")
+    row["params_total"] = cost.get("params_total", float("nan"))
+    row["params_stack"] = cost.get("params_stack") if cost.get("params_stack") is not None else float("nan")
+    row["macs_per_second"] = cost.get("macs_per_second", float("nan"))
+    lat = cost.get("latency_seconds_per_second")
+    row["latency_ms_per_second"] = lat * 1000.0 if lat is not None else float("nan")
+    row["latency_device"] = cost.get("device_name") or cost.get("device") or ""
+    row["failures"] = "; ".join(failures)
+    return row, failed
 
 
 def build_leaderboard(
@@ -289,43 +321,18 @@ def build_leaderboard(
     rows = []
     failed_tasks: Dict[str, List[str]] = {}
     for label in order:
-        info = cells[label]
-        tasks = info["tasks"]
-        row: Dict[str, Any] = {"upstream": label, "hub_entry": info["hub_entry"]}
-        failures = []
-        for task in TASK_ORDER:
-            cell = tasks.get(task)
-            row[SCORE_COLUMN[task]] = cell["value"] if cell else float("nan")
-            if cell and cell["failure"]:
-                failures.append(f"{task}: {cell['failure']}")
-                failed_tasks.setdefault(label, []).append(task)
-            ref_cell = ref_tasks.get(task)
-            row[CAPACITY_COLUMN[task]] = capacity_kept(task, row[SCORE_COLUMN[task]],
-                                                      ref_cell["value"] if ref_cell else float("nan"))
-        defined = [t for t in TASK_ORDER if not math.isnan(row[CAPACITY_COLUMN[t]])]
-        row["capacity_avg"] = (sum(row[CAPACITY_COLUMN[t]] for t in defined) / len(defined)) if defined else float("nan")
-        row["capacity_tasks"] = ",".join(defined)
-        folds = tasks.get("er", {}).get("folds") or []
-        row["er_folds"] = ",".join(f.replace("fold", "") for f in folds)
+        row, failed = _row(label, cells[label], ref_tasks, (cost_data.get("upstreams") or {}).get(label) or {})
+        if failed:
+            failed_tasks[label] = failed
+        folds = cells[label]["tasks"].get("er", {}).get("folds") or []
         if folds and ref_folds and folds != ref_folds:
             notes.append(f"{label}: ER averaged over folds {row['er_folds']}, the reference over "
                          f"{','.join(f.replace('fold', '') for f in ref_folds)}")
-        row["learning_rates"] = ",".join(f"{t}={lr:g}" for t, lr in sorted(info["learning_rates"].items()))
-        c = (cost_data.get("upstreams") or {}).get(label) or {}
-        if "error" in c:
-            failures.append(f"cost: {c['error']}")
-        row["params_total"] = c.get("params_total", float("nan"))
-        row["params_stack"] = c.get("params_stack") if c.get("params_stack") is not None else float("nan")
-        row["macs_per_second"] = c.get("macs_per_second", float("nan"))
-        lat = c.get("latency_seconds_per_second")
-        row["latency_ms_per_second"] = lat * 1000.0 if lat is not None else float("nan")
-        row["latency_device"] = c.get("device_name") or c.get("device") or ""
-        row["failures"] = "; ".join(failures)
         rows.append(row)
     for task in TASK_ORDER:
         ref_cell = ref_tasks.get(task)
         if ref_cell and not ref_cell["failure"] and task_accuracy(task, ref_cell["value"]) <= 0:
-            what = "1 - WER" if task == "asr" else "accuracy"
+            what = "accuracy" if TASKS[task].higher_is_better else f"1 - {TASKS[task].metric.upper()}"
             notes.append(f"capacity kept on {task} is undefined: the reference {reference} has {what} 0 "
                          f"({SCORE_COLUMN[task]} = {ref_cell['value']:.2f})")
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -352,11 +359,18 @@ def _si(x: Any, unit: str = "") -> str:
     return f"{x:.0f} {unit}".strip()
 
 
+def _score_title(task: str) -> str:
+    """``KS acc %``, ``ASR WER %``: an error rate is written in capitals."""
+    spec = TASKS[task]
+    return f"{task.upper()} {spec.metric if spec.higher_is_better else spec.metric.upper()} %"
+
+
 def render_markdown(board: Leaderboard) -> str:
     """The leaderboard as a Markdown table (failed tasks show ``failed``; undefined values ``n/a``)."""
     df = board.table
-    header = ["upstream", "KS acc %", "SID acc %", "ER acc %", "ASR WER %", "params", "stack params",
-              "MACs / s audio", "latency ms / s audio", "KS kept", "SID kept", "ER kept", "ASR kept", "avg kept"]
+    header = (["upstream"] + [_score_title(t) for t in TASK_ORDER]
+              + ["params", "stack params", "MACs / s audio", "latency ms / s audio"]
+              + [f"{t.upper()} kept" for t in TASK_ORDER] + ["avg kept"])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for _, row in df.iterrows():
         failed = set(board.failed_tasks.get(row["upstream"], []))
@@ -393,23 +407,15 @@ def render_markdown(board: Leaderboard) -> str:
     return "\n".join(out) + "\n"
 
 
-def _json_value(x: Any) -> Any:
-    if _isnan(x):
-        return None
-    if hasattr(x, "item"):
-        return x.item()
-    return x
-
-
 def leaderboard_json(board: Leaderboard) -> Dict[str, Any]:
-    rows = [{col: _json_value(row[col]) for col in COLUMNS} for _, row in board.table.iterrows()]
+    rows = [{col: json_ready(row[col]) for col in COLUMNS} for _, row in board.table.iterrows()]
     return {
         "format": "s3prl_redundancy.superb.leaderboard/1",
         "reference": board.reference,
         "columns": list(COLUMNS),
         "rows": rows,
         "notes": board.notes,
-        "units": {"ks_acc": "%", "sid_acc": "%", "er_acc": "%", "asr_wer": "%", "macs_per_second": "MACs per second of audio",
+        "units": {**{SCORE_COLUMN[t]: "%" for t in TASK_ORDER}, "macs_per_second": "MACs per second of audio",
                   "latency_ms_per_second": "ms per second of audio", "capacity": "ratio to the reference"},
         "definitions": {
             "capacity_kept": "accuracy / reference accuracy; ASR: max(0, 1 - WER) / (1 - reference WER); undefined when "
@@ -460,28 +466,17 @@ def plot_pareto(board: Leaderboard, path: PathLike) -> Path:
         ax.grid(True, alpha=0.3)
     fig.suptitle("SUPERB: average capacity kept vs cost (red: Pareto front, black edge: reference)")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def write_leaderboard(board: Leaderboard, out_dir: Optional[PathLike] = None) -> Dict[str, str]:
     """Write CSV, Markdown, JSON and the Pareto plot (atomically; they are views of the runs and are rebuilt
     on every call). Returns ``{kind: path}``."""
-    from ..checkpoints import atomic_write_text
-
     out = Path(out_dir or board.exproot)
     paths = {k: out / name for k, name in FILES.items()}
     atomic_write_text(paths["csv"], board.table.to_csv(index=False))
     atomic_write_text(paths["md"], render_markdown(board))
-    atomic_write_text(paths["json"], json.dumps(leaderboard_json(board), indent=2, default=str) + "\n")
+    atomic_write_json(paths["json"], leaderboard_json(board))
     plot_pareto(board, paths["png"])
     return {k: str(v) for k, v in paths.items()}
 

@@ -27,19 +27,9 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from .recipe_files import TASKS, normalize_task
+from .tasks import Task, get_task
 
 PathLike = Union[str, Path]
-
-EVALUATE_SPLIT = {"ks": "test", "sid": "test", "er": "test", "asr": "test-clean"}
-"""The ``-t`` split SUPERB reports for each task (``-m evaluate -t <split>``)."""
-
-DEV_SPLIT = {"ks": "dev", "sid": "dev", "er": "dev", "asr": "dev-clean"}
-"""The split s3prl selects ``<split>-best.ckpt`` on during training."""
-
-METRIC = {"ks": "acc", "sid": "acc", "er": "acc", "asr": "wer"}
-UNIT = {"acc": "fraction", "wer": "percent"}
-HIGHER_IS_BETTER = {"acc": True, "wer": False}
 
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
 _LOG_LINE = re.compile(r"^(?P<split>\S+) at step (?P<step>\d+): " + _NUMBER + r"\s*$")
@@ -51,17 +41,7 @@ class ResultError(RuntimeError):
 
 
 def evaluate_split(task: str) -> str:
-    return EVALUATE_SPLIT[normalize_task(task)]
-
-
-def tensorboard_tag(task: str, split: str, fold: Optional[str] = None) -> str:
-    """The TensorBoard tag the expert logs the task metric under (``speech_commands/dev-acc``, ...)."""
-    task = normalize_task(task)
-    metric = METRIC[task]
-    prefix = {"ks": "speech_commands", "sid": "voxceleb1", "asr": "asr"}.get(task)
-    if task == "er":
-        prefix = f"emotion-{fold or 'fold1'}"
-    return f"{prefix}/{split}-{metric}"
+    return get_task(task).evaluate_split
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,58 +154,68 @@ def read_test_result(
     "utterances"}`` (ER adds ``fold``). Raises :class:`ResultError` when the metric is missing or the
     per-utterance files disagree with it.
     """
-    task = normalize_task(task)
+    spec = get_task(task)
     expdir = Path(expdir)
-    split, metric = EVALUATE_SPLIT[task], METRIC[task]
-    result = {"task": task, "metric": metric, "split": split, "unit": UNIT[metric],
-              "higher_is_better": HIGHER_IS_BETTER[metric]}
-    if task == "er":
-        result["fold"] = fold = fold or "fold1"
-    if task in ("ks", "sid", "er"):
-        log_path = expdir / "log.log"
-        if not log_path.is_file():
-            raise ResultError(f"{log_path} does not exist: the {TASKS[task].downstream} expert writes its accuracies there")
-        with open(log_path, "rb") as fh:
-            fh.seek(max(0, int(log_offset)))
-            text = fh.read().decode("utf-8", errors="replace")
-        values = [v for step, v in parse_log_accuracies(text, split) if step == 0]
-        if not values:
-            printed = parse_stdout_metric(test_log or "", split, metric)
-            if not printed:
-                raise ResultError(
-                    f"no '{split} at step 0: <acc>' line was added to {log_path} by the evaluation (and none printed); "
-                    "the evaluation did not finish"
-                )
-            value, source = printed[-1], "stdout"
-        else:
-            value, source = values[-1], f"{log_path.name}"
-        stem = f"{split}_{fold}" if task == "er" else split
-        predict, truth = expdir / f"{stem}_predict.txt", expdir / f"{stem}_truth.txt"
-        checked = None
-        if predict.is_file() and truth.is_file():
-            acc, n = accuracy_from_files(predict, truth)
-            if not _close(acc, value):
-                raise ResultError(
-                    f"{source} says {split} accuracy {value} but {predict.name}/{truth.name} give {acc} over {n} "
-                    "utterances; the files belong to another evaluation"
-                )
-            checked, result["utterances"] = [predict.name, truth.name], n
-        result.update(value=float(value), source=source, checked_with=checked)
-        return result
+    result = {"task": spec.name, "metric": spec.metric, "split": spec.evaluate_split, "unit": spec.unit,
+              "higher_is_better": spec.higher_is_better}
+    if spec.folds:
+        result["fold"] = fold = fold or spec.folds[0]
+    if spec.metric == "wer":
+        result.update(_read_wer(spec, expdir, test_log))
+    else:
+        result.update(_read_accuracy(spec, expdir, test_log, log_offset, fold))
+    return result
 
-    # asr
-    printed = parse_stdout_metric(test_log or "", split, metric)
-    hyp, ref = expdir / f"{split}-noLM-hyp.ark", expdir / f"{split}-noLM-ref.ark"
+
+def _read_accuracy(spec: Task, expdir: Path, test_log: Optional[str], log_offset: int, fold: Optional[str]) -> Dict:
+    """The accuracy the expert appended to ``log.log`` (else printed), checked against its prediction files."""
+    split, metric = spec.evaluate_split, spec.metric
+    log_path = expdir / "log.log"
+    if not log_path.is_file():
+        raise ResultError(f"{log_path} does not exist: the {spec.downstream} expert writes its accuracies there")
+    with open(log_path, "rb") as fh:
+        fh.seek(max(0, int(log_offset)))
+        text = fh.read().decode("utf-8", errors="replace")
+    values = [v for step, v in parse_log_accuracies(text, split) if step == 0]
+    if not values:
+        printed = parse_stdout_metric(test_log or "", split, metric)
+        if not printed:
+            raise ResultError(
+                f"no '{split} at step 0: <acc>' line was added to {log_path} by the evaluation (and none printed); "
+                "the evaluation did not finish"
+            )
+        value, source = printed[-1], "stdout"
+    else:
+        value, source = values[-1], f"{log_path.name}"
+    predict, truth = (expdir / name for name in spec.prediction_files(split, fold))
+    out: Dict = {"value": float(value), "source": source, "checked_with": None}
+    if predict.is_file() and truth.is_file():
+        acc, n = accuracy_from_files(predict, truth)
+        if not _close(acc, value):
+            raise ResultError(
+                f"{source} says {split} accuracy {value} but {predict.name}/{truth.name} give {acc} over {n} "
+                "utterances; the files belong to another evaluation"
+            )
+        out.update(checked_with=[predict.name, truth.name], utterances=n)
+    return out
+
+
+def _read_wer(spec: Task, expdir: Path, test_log: Optional[str]) -> Dict:
+    """The WER the ASR expert printed (else recomputed from its arks), checked against its hyp / ref arks."""
+    split = spec.evaluate_split
+    printed = parse_stdout_metric(test_log or "", split, spec.metric)
+    hyp, ref = (expdir / name for name in spec.prediction_files(split))
     have_arks = hyp.is_file() and ref.is_file()
     if not printed and not have_arks:
         raise ResultError(
             f"the ASR evaluation printed no '{split} wer: <wer>' line and wrote no {hyp.name}/{ref.name} in {expdir}; "
             "it did not finish"
         )
+    out: Dict = {}
     checked = None
     if have_arks:
         wer, words = wer_from_arks(hyp, ref)
-        result["reference_words"] = words
+        out["reference_words"] = words
         if printed and not _close(wer, printed[-1]):
             raise ResultError(
                 f"the evaluation printed {split} WER {printed[-1]} but {hyp.name}/{ref.name} give {wer}; "
@@ -236,8 +226,8 @@ def read_test_result(
         value, source = printed[-1], "stdout"
     else:
         value, source, checked = wer, f"{hyp.name}+{ref.name}", None
-    result.update(value=float(value), source=source, checked_with=checked)
-    return result
+    out.update(value=float(value), source=source, checked_with=checked)
+    return out
 
 
 def best_dev(task: str, expdir: PathLike, fold: Optional[str] = None) -> Optional[Dict]:
@@ -245,16 +235,16 @@ def best_dev(task: str, expdir: PathLike, fold: Optional[str] = None) -> Optiona
     training TensorBoard files in ``expdir``; None when there is none."""
     from ..tfevents import read_dir_scalars
 
-    task = normalize_task(task)
-    split, metric = DEV_SPLIT[task], METRIC[task]
+    spec = get_task(task)
+    split, metric = spec.dev_split, spec.metric
     try:
         scalars = read_dir_scalars(expdir)
     except Exception:  # a truncated or foreign event file: the dev score is informative only
         return None
-    values = scalars.get(tensorboard_tag(task, split, fold))
+    values = scalars.get(spec.tensorboard_tag(split, fold))
     if not values:
         return None
-    pick = max if HIGHER_IS_BETTER[metric] else min
+    pick = max if spec.higher_is_better else min
     step, value = pick(values, key=lambda sv: sv[1])
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -264,11 +254,10 @@ def best_dev(task: str, expdir: PathLike, fold: Optional[str] = None) -> Optiona
 def percent(metric: Dict) -> float:
     """A result's value in percent (accuracies are logged as fractions, WER already in percent)."""
     value = float(metric["value"])
-    return value * 100.0 if metric.get("unit") == "fraction" else value
+    return value * 100.0 if metric.get("unit") == "fraction" else value  # the unit recorded with the run
 
 
 __all__ = [
-    "EVALUATE_SPLIT", "DEV_SPLIT", "METRIC", "UNIT", "HIGHER_IS_BETTER", "ResultError", "evaluate_split",
-    "tensorboard_tag", "parse_log_accuracies", "parse_stdout_metric", "accuracy_from_files", "wer_from_arks",
+    "ResultError", "evaluate_split", "parse_log_accuracies", "parse_stdout_metric", "accuracy_from_files", "wer_from_arks",
     "read_test_result", "best_dev", "percent",
 ]

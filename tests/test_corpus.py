@@ -494,7 +494,7 @@ def test_same_seed_identical_other_seed_differs_and_force(corpus, tmp_path):
     assert _tree(other) == _tree(corpus.root)
     match, mismatch, errors = filecmp.cmpfiles(corpus.root, other, _tree(corpus.root), shallow=False)
     assert not mismatch and not errors and len(match) == corpus.n_files + 2  # + corpus.json, output marker
-    with pytest.raises(UserInputError, match=r"previous `corpus` run.*`force=True`"):
+    with pytest.raises(UserInputError, match=r'previous "corpus" run.*`force=True`'):
         cp.build_corpus(other, "tiny", seed=1)
     assert cp.load_corpus(other).seed == 0  # untouched
     (other / "notes.txt").write_text("mine")

@@ -257,7 +257,7 @@ def test_foreign_out_folder_is_refused(fake):
     launcher, ckpts, tmp_path = fake
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "notes.txt").write_text("mine")
-    with pytest.raises(UserInputError, match="out: .* is not empty and holds files that `superb` did not write"):
+    with pytest.raises(UserInputError, match='out: .* is not empty and holds files that "superb" did not write'):
         rn.run_superb(_options(ckpts, tmp_path), launcher=launcher, validate_hub=False)
     assert launcher.calls == []
 

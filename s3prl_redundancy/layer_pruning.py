@@ -23,7 +23,6 @@ META_KEY = "s3prl_redundancy"
 CHECKPOINT_NAME = "pruned.pt"
 MANIFEST_NAME = "manifest.json"
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
-_WAVLM_BIAS = "self_attn.relative_attention_bias.weight"
 
 
 def parse_keep_layers(spec: Union[str, Iterable[int]], where: str = "--keep-layers") -> List[int]:
@@ -144,10 +143,10 @@ def prune_checkpoint(
             new_weights[key] = value
         elif int(m.group(1)) in new_position:
             new_weights[f"encoder.layers.{new_position[int(m.group(1))]}.{m.group(2)}"] = value
-    if fam.name == "wavlm" and 0 not in new_position:
-        bias = weights.get(f"encoder.layers.0.{_WAVLM_BIAS}")
-        if bias is not None:  # the first layer owns the relative position bias table; keep it
-            new_weights[f"encoder.layers.0.{_WAVLM_BIAS}"] = bias
+    for name in fam.first_layer_weights if 0 not in new_position else ():
+        shared = weights.get(f"encoder.layers.0.{name}")
+        if shared is not None:  # the first layer owns it (WavLM's position bias table); the new first layer takes it
+            new_weights[f"encoder.layers.0.{name}"] = shared
 
     out = dict(ckpt)
     out[fam.config_key] = dict(ckpt[fam.config_key], encoder_layers=len(keep))

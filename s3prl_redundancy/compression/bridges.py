@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
+from ..families import FAMILIES
 
 DEFAULT_RIDGE = 1e-4
 
@@ -150,7 +151,7 @@ def insert_bridges(model, family: str, keep: Sequence[int], num_layers: int,
         fit = bridges[(first, last)]
         ref = next(iter(model.parameters()))
         ids = list(range(first, last + 1)) if source_ids is None else [source_ids[p] for p in range(first, last + 1)]
-        bridge = LinearBridge(fit["weight"].shape[1], family == "wavlm", replaces=ids)
+        bridge = LinearBridge(fit["weight"].shape[1], FAMILIES[family].position_bias, replaces=ids)
         bridge.linear.weight.data = fit["weight"].to(ref.dtype)
         bridge.linear.bias.data = fit["bias"].to(ref.dtype)
         new.append(bridge)

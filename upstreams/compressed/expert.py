@@ -24,6 +24,7 @@ from s3prl.upstream.wavlm.expert import UpstreamExpert as _WavLMExpert
 from s3prl_redundancy.checkpoints import checkpoint_buffer, load_family_checkpoint
 from s3prl_redundancy.compression.structure import META_KEY, load_model, structure_of
 from s3prl_redundancy.errors import UserInputError
+from s3prl_redundancy.families import FAMILIES
 from s3prl_redundancy.upstreams.pruned.expert import resolve_source
 
 
@@ -61,7 +62,7 @@ class _CompressedExpertMixin:
                 for module_id in range(len(self.model.encoder.layers)):
                     self.add_hook(f"{module_name}[{module_id}]", lambda input, output: input[0].transpose(0, 1))
                 self.add_hook("self.model.encoder", lambda input, output: output[0])
-                if self.family != "wavlm":
+                if FAMILIES[self.family].trims_hidden_states():
                     self.hook_postprocess = _trim_to_shortest
         self.compression: Dict[str, Any] = dict(checkpoint.get(META_KEY) or {})
 

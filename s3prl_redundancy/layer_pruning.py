@@ -111,10 +111,9 @@ def prune_checkpoint(
     detected = detect_family(ckpt)
     if detected is None:
         raise UserInputError(f"{source or 'checkpoint'} is not an s3prl HuBERT / wav2vec 2.0 / WavLM local checkpoint")
-    if family is not None and family != detected:
-        raise UserInputError(
-            f"{source or 'checkpoint'} is a {detected} checkpoint, not {family}; use pruned_{detected} instead"
-        )
+    from .checkpoints import check_family
+
+    check_family(detected, family, source or "checkpoint")
     fam = FAMILIES[detected]
     reject_structured(ckpt, fam.name, source)
     keep = parse_keep_layers(keep_layers)
@@ -184,7 +183,7 @@ def prepare_output_dir(out_dir, force: bool, names: Sequence[str] = (CHECKPOINT_
 
 def write_pruned(pruned: Dict[str, Any], out_dir, force: bool = False, extra_manifest: Optional[dict] = None) -> Path:
     """Write ``pruned.pt`` and ``manifest.json`` into ``out_dir`` (atomically); return the checkpoint path."""
-    from .checkpoints import atomic_torch_save, atomic_write_text
+    from .io import atomic_torch_save, atomic_write_text
 
     out = prepare_output_dir(out_dir, force)
     ckpt_path = atomic_torch_save(pruned, out / CHECKPOINT_NAME)

@@ -411,7 +411,7 @@ def plot_scores(result: Compressed, path) -> str:
 
 def write_output(result: Compressed, out_dir, force: bool = False, extra_manifest: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``pruned.pt``, ``manifest.json`` and ``scores.png`` atomically; return the checkpoint path."""
-    from ..checkpoints import atomic_torch_save, atomic_write_text
+    from ..io import atomic_torch_save, atomic_write_text
     from ..layer_pruning import prepare_output_dir
 
     out = prepare_output_dir(out_dir, force, names=OUTPUT_NAMES)

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
-from ..checkpoints import atomic_write_text
+from ..io import atomic_write_text
 from ..errors import UserInputError
 
 STUDENT = "student.pt"

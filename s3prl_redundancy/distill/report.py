@@ -187,7 +187,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(report: Mapping[str, Any], out_dir) -> Path:
-    from ..checkpoints import atomic_write_text
+    from ..io import atomic_write_text
     from .outputs import REPORT_JSON, REPORT_MD
 
     out = Path(out_dir)

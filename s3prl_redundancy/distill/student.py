@@ -130,7 +130,7 @@ def student_from_checkpoint(ckpt: Mapping[str, Any]) -> Student:
 
 
 def save_student(student: Student, teacher: Mapping[str, Any], path, training=None) -> Path:
-    from ..checkpoints import atomic_torch_save
+    from ..io import atomic_torch_save
 
     return atomic_torch_save(student_checkpoint(student, teacher, training), path)
 

@@ -334,7 +334,7 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------------
     def save_state(self, step: int) -> None:
-        from ..checkpoints import atomic_torch_save
+        from ..io import atomic_torch_save
 
         atomic_torch_save({
             "format": STATE_FORMAT,

@@ -77,7 +77,7 @@ def random_init_upstream(seed: int):
 
     from s3prl.upstream.hubert.expert import UpstreamExpert
 
-    from ..checkpoints import atomic_torch_save
+    from ..io import atomic_torch_save
     from . import model as M
 
     model, cfg = M.build_model(seed)

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..checkpoints import atomic_torch_save
+from ..io import atomic_torch_save
 from ..errors import UserInputError
 from . import model as M
 from .data import DataConfig, load_or_build

@@ -598,7 +598,7 @@ def analyze(
         if save_to is None or not checkpoint_every:
             return
         if pos - last_saved >= int(checkpoint_every) or pos == len(local_data):
-            from ..checkpoints import atomic_torch_save
+            from ..io import atomic_torch_save
 
             atomic_torch_save(
                 {

@@ -181,7 +181,7 @@ def measure_costs(
     an ``error`` instead of numbers."""
     import torch
 
-    from ..checkpoints import atomic_write_text
+    from ..io import atomic_write_text
     from ..upstream_loading import load_upstream
     from .cost import measure_upstream_costs
 
@@ -475,7 +475,7 @@ def plot_pareto(board: Leaderboard, path: PathLike) -> Path:
 def write_leaderboard(board: Leaderboard, out_dir: Optional[PathLike] = None) -> Dict[str, str]:
     """Write CSV, Markdown, JSON and the Pareto plot (atomically; they are views of the runs and are rebuilt
     on every call). Returns ``{kind: path}``."""
-    from ..checkpoints import atomic_write_text
+    from ..io import atomic_write_text
 
     out = Path(out_dir or board.exproot)
     paths = {k: out / name for k, name in FILES.items()}

@@ -680,7 +680,7 @@ def _now() -> str:
 
 
 def _write_run_json(run_dir: Path, record: Mapping[str, Any]) -> None:
-    from ..checkpoints import atomic_write_text
+    from ..io import atomic_write_text
 
     atomic_write_text(run_dir / RUN_JSON, json.dumps(record, indent=2, default=str) + "\n")
 
@@ -954,7 +954,7 @@ def _check_out_dir(out: Path, force: bool) -> None:
 
 
 def _update_superb_json(opts: SuperbOptions, data_info: Mapping[str, Any]) -> Dict[str, Any]:
-    from ..checkpoints import atomic_write_text
+    from ..io import atomic_write_text
 
     path = opts.out / SUPERB_JSON
     state: Dict[str, Any] = {}

@@ -16,7 +16,7 @@ import sys
 
 
 def add_arguments(parser):
-    from s3prl_redundancy.compression.strategies import BUILTIN_STRATEGIES
+    from s3prl_redundancy.plugins import pruning_strategies
 
     parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local, or tiny_hubert (the embedded model)")
     parser.add_argument("--ckpt", help="source checkpoint (s3prl local format); default: s3prl's default weights for the family")
@@ -25,7 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what the techniques would remove); write nothing")
 
     g = parser.add_argument_group("layer selection")
-    g.add_argument("--strategy", help=f"how to choose layers to remove: {', '.join(BUILTIN_STRATEGIES)} (or a plugin's); "
+    g.add_argument("--strategy", help=f"how to choose layers to remove: {', '.join(pruning_strategies())}; "
                                       "default: explicit when --keep-layers is given")
     t = g.add_mutually_exclusive_group()
     t.add_argument("--drop", type=int, help="remove N layers")
@@ -96,7 +96,8 @@ def run(args) -> int:
     from ..checkpoints import load_family_checkpoint
     from ..compression.compress import (TechniqueOptions, build_manifest, check_output_dir, compress, measure_costs,
                                         parse_techniques, write_output)
-    from ..compression.strategies import Target, build_strategy, plan_layers
+    from ..compression.strategies import Target, plan_layers
+    from ..plugins import build_strategy
     from ..errors import UserInputError
     from ..families import embedded_checkpoint, family_for_upstream
 

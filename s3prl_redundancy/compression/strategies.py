@@ -26,7 +26,9 @@ Layer ``l`` (0-based) maps boundary state ``l`` (its input; state 0 = the transf
 =====================  ================================================================================
 
 Plugins add strategies through the ``s3prl_redundancy_pruning_strategies`` hook: a class with the
-interface of :class:`LayerSelectionStrategy`.
+interface of :class:`LayerSelectionStrategy`. Strategies are looked up by name only through
+:func:`s3prl_redundancy.plugins.build_strategy` (built-ins are registered like any plugin's), so this
+module never imports the plugin manager.
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ __all__ = [
     "LayerPlan",
     "LayerSelectionStrategy",
     "BUILTIN_STRATEGIES",
-    "available_strategies",
-    "build_strategy",
     "plan_layers",
     "parse_count",
 ]
@@ -550,25 +550,3 @@ BUILTIN_STRATEGIES: Dict[str, Type[LayerSelectionStrategy]] = {
     for cls in (BackwardStrategy, ForwardStrategy, ForwardBackwardStrategy, ExplicitStrategy, ShallowStrategy,
                 BlockInfluenceStrategy, KnnBlockInfluenceStrategy, SimilarityBlocksStrategy, ConvexityStrategy)
 }
-
-
-def available_strategies() -> Dict[str, Type[LayerSelectionStrategy]]:
-    """Built-in strategies plus those of plugins (``s3prl_redundancy_pruning_strategies`` hook)."""
-    from ..plugins import pruning_strategies
-
-    out = dict(BUILTIN_STRATEGIES)
-    for name, cls in pruning_strategies().items():
-        if name in out and out[name] is not cls:
-            raise ValueError(f"a plugin defines the pruning strategy {name!r}, which is built in; rename it")
-        out[name] = cls
-    return out
-
-
-def build_strategy(name: str, **options: Any) -> LayerSelectionStrategy:
-    """An instance of the strategy ``name``; only the options the strategy declares are passed to it."""
-    strategies = available_strategies()
-    if name not in strategies:
-        raise UserInputError(f"unknown strategy {name!r}; use one of: {', '.join(strategies)}")
-    cls = strategies[name]
-    accepted = getattr(cls, "options", {}) or {}
-    return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})

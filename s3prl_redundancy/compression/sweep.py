@@ -160,7 +160,8 @@ def run_sweep(
     from ..audio import AudioDataset
     from .compress import compress
     from .statistics import collect_statistics
-    from .strategies import ExplicitStrategy, Target, build_strategy, plan_layers
+    from ..plugins import build_strategy
+    from .strategies import ExplicitStrategy, Target, plan_layers
     from .structure import make_upstream
 
     from ..families import detect_family

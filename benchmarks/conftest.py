@@ -206,7 +206,7 @@ def build_variants(ckpt, full=None) -> Dict[str, Any]:
     ``full``: an upstream of ``ckpt`` already built."""
     from s3prl_redundancy.compression.compress import TechniqueOptions, compress
     from s3prl_redundancy.compression.structure import make_upstream
-    from s3prl_redundancy.layer_pruning import prune_checkpoint
+    from s3prl_redundancy.compression.layers import prune_checkpoint
 
     out: Dict[str, Any] = {"full": (ckpt, full if full is not None else make_upstream(ckpt))}
     for k in KEEP:

@@ -11,7 +11,7 @@ from s3prl_redundancy.compression import structure as St
 from s3prl_redundancy.compression.export_transformers import build_hf_model, compare_with_s3prl, export
 from s3prl_redundancy.compression.head_pruning import prune_heads
 from s3prl_redundancy.errors import UserInputError
-from s3prl_redundancy.layer_pruning import prune_checkpoint
+from s3prl_redundancy.compression.layers import prune_checkpoint
 from s3prl_redundancy.testing import build_checkpoint, random_wavs
 
 CLASSES = {"hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model", "wavlm": "WavLMModel"}

@@ -10,7 +10,7 @@ import yaml
 from s3prl_redundancy.checkpoints import load_checkpoint
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
-from s3prl_redundancy.layer_pruning import META_KEY, prune_checkpoint
+from s3prl_redundancy.compression.layers import META_KEY, prune_checkpoint
 from s3prl_redundancy.testing import random_wavs
 from s3prl_redundancy.upstreams.pruned.hubconf import pruned_hubert, pruned_wav2vec2, pruned_wavlm
 

@@ -23,7 +23,7 @@ from s3prl_redundancy.compression.statistics import LayerStatistics, collect_sta
 from s3prl_redundancy.compression.structure import make_upstream
 from s3prl_redundancy.compression.synthetic import make_identity_layers, write_labelled_audio
 from s3prl_redundancy.errors import UserInputError
-from s3prl_redundancy.layer_pruning import prune_checkpoint
+from s3prl_redundancy.compression.layers import prune_checkpoint
 from s3prl_redundancy.plugins import build_strategy, pruning_strategies
 from s3prl_redundancy.testing import build_checkpoint
 

@@ -1,6 +1,6 @@
 """A layer plan, bridges and techniques applied to a checkpoint, and the output folder they are written to.
 
-Order of operations: remove layers (``layer_pruning.prune_checkpoint``), put bridges over the removed
+Order of operations: remove layers (``layers.prune_checkpoint``), put bridges over the removed
 runs, then apply the techniques in the order given (``heads``, ``lowrank``, ``magnitude``). Everything
 runs in memory; nothing is written until :func:`write_output`, which writes ``pruned.pt``,
 ``manifest.json`` and ``scores.png`` atomically and only into a folder that does not already hold them
@@ -106,7 +106,7 @@ class Compressed:
 
 
 def _base_meta(ckpt: Mapping[str, Any], source: str) -> Dict[str, Any]:
-    from ..layer_pruning import count_parameters
+    from .layers import count_parameters
 
     fam = FAMILIES[family_of(ckpt)]
     if ckpt.get(META_KEY):
@@ -135,7 +135,7 @@ def compress(
 
     ``bridge_fits``: already fitted bridges ``{(first, last): fit}`` (from :func:`bridges.fit_bridges` on the
     same source model); runs missing from it are fitted on ``bridge_data``."""
-    from ..layer_pruning import count_parameters, prune_checkpoint, source_layers
+    from .layers import count_parameters, prune_checkpoint, source_layers
     from .structure import convert_attention, describe_structure, load_model, make_upstream, model_to_checkpoint
 
     family = family_of(ckpt)
@@ -313,8 +313,8 @@ def build_manifest(result: Compressed, checkpoint_path: Optional[Path] = None, e
 
 
 def check_output_dir(out_dir, force: bool, names: Sequence[str] = OUTPUT_NAMES) -> Path:
-    """:func:`layer_pruning.check_output_dir` over every file this command writes."""
-    from ..layer_pruning import check_output_dir as check
+    """:func:`layers.check_output_dir` over every file this command writes."""
+    from .layers import check_output_dir as check
 
     return check(out_dir, force, names)
 
@@ -412,7 +412,7 @@ def plot_scores(result: Compressed, path) -> str:
 def write_output(result: Compressed, out_dir, force: bool = False, extra_manifest: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``pruned.pt``, ``manifest.json`` and ``scores.png`` atomically; return the checkpoint path."""
     from ..io import atomic_torch_save, atomic_write_text
-    from ..layer_pruning import prepare_output_dir
+    from .layers import prepare_output_dir
 
     out = prepare_output_dir(out_dir, force, names=OUTPUT_NAMES)
     path = atomic_torch_save(result.checkpoint, out / CHECKPOINT_NAME)

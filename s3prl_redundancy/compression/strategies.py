@@ -113,7 +113,7 @@ class Target:
                 raise UserInputError(f"--ratio is the fraction of layers to remove, strictly between 0 and 1; got {value}")
             return cls(kind, value)
         if kind == "layers":
-            from ..layer_pruning import parse_keep_layers
+            from .layers import parse_keep_layers
 
             return cls(kind, tuple(parse_keep_layers(value)))
         if kind == "param_budget":

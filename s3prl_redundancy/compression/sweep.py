@@ -246,7 +246,7 @@ def run_sweep(
 def write_sweep(result: SweepResult, out_dir, force: bool = False, metric: str = "probe_accuracy") -> Path:
     """``sweep.csv`` (one row per strategy and count), ``sweep.png`` (one line per strategy), ``sweep.json``."""
     from ..io import atomic_write_text
-    from ..layer_pruning import prepare_output_dir
+    from .layers import prepare_output_dir
     from ..similarity.plots import save_figure_atomic
     from .compress import new_figure
     from .strategies import _jsonable

@@ -11,17 +11,14 @@ layers. When layer 0 is dropped, its bias table moves to the new first layer, so
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .errors import UserInputError
-from .families import FAMILIES, Family, detect_family
+from ..errors import UserInputError
+from ..families import FAMILIES, Family, detect_family
 
 META_KEY = "s3prl_redundancy"
-CHECKPOINT_NAME = "pruned.pt"
-MANIFEST_NAME = "manifest.json"
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
 
 
@@ -111,7 +108,7 @@ def prune_checkpoint(
     detected = detect_family(ckpt)
     if detected is None:
         raise UserInputError(f"{source or 'checkpoint'} is not an s3prl HuBERT / wav2vec 2.0 / WavLM local checkpoint")
-    from .checkpoints import check_family
+    from ..checkpoints import check_family
 
     check_family(detected, family, source or "checkpoint")
     fam = FAMILIES[detected]
@@ -161,37 +158,3 @@ def prune_checkpoint(
         "parameters_after": count_parameters(new_weights),
     }
     return out
-
-
-def check_output_dir(out_dir, force: bool, names: Sequence[str] = (CHECKPOINT_NAME, MANIFEST_NAME)) -> Path:
-    """Refuse to overwrite existing results unless ``force``; creates nothing (run it before heavy work)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file, not a folder; give a folder path")
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not force:
-        raise UserInputError(f"--out {out} already holds {', '.join(existing)}; choose another folder or pass --force")
-    return out
-
-
-def prepare_output_dir(out_dir, force: bool, names: Sequence[str] = (CHECKPOINT_NAME, MANIFEST_NAME)) -> Path:
-    """:func:`check_output_dir`, then create the folder."""
-    out = check_output_dir(out_dir, force, names)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def write_pruned(pruned: Dict[str, Any], out_dir, force: bool = False, extra_manifest: Optional[dict] = None) -> Path:
-    """Write ``pruned.pt`` and ``manifest.json`` into ``out_dir`` (atomically); return the checkpoint path."""
-    from .io import atomic_torch_save, atomic_write_text
-
-    out = prepare_output_dir(out_dir, force)
-    ckpt_path = atomic_torch_save(pruned, out / CHECKPOINT_NAME)
-    manifest = dict(pruned[META_KEY], checkpoint=CHECKPOINT_NAME, **(extra_manifest or {}))
-    fam = FAMILIES[manifest["family"]]
-    manifest["load_with"] = {
-        "s3prl_local_entry": f"-u {fam.local_entry} -k {ckpt_path}",
-        "pruned_entry": f"-u pruned_{fam.name} -k {ckpt_path}",
-    }
-    atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
-    return ckpt_path

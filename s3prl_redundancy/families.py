@@ -84,6 +84,8 @@ class Family:
     # extra (s3prl config field, transformers config key, type) triples of this family
     hf_extra_config_keys: Tuple[Tuple[str, str, type], ...] = ()
     hf_extra_config_constants: Mapping[str, Any] = field(default_factory=dict)
+    # s3prl config fields that transformers does not keep but s3prl's config class requires (import only)
+    hf_import_defaults: Mapping[str, Any] = field(default_factory=dict)
     # extra per-layer weights: (s3prl module or tensor name, transformers name, is a module with weight/bias)
     hf_extra_layer_weights: Tuple[Tuple[str, str, bool], ...] = ()
 
@@ -192,7 +194,7 @@ class Family:
     def s3prl_config_from_hf(self, hf_config: Mapping[str, Any]) -> Dict[str, Any]:
         """The inverse of :meth:`hf_config_kwargs`: s3prl's plain-dict model config for a ``transformers``
         config dict (``config.to_dict()``)."""
-        out = {}
+        out = dict(self.hf_import_defaults)
         for src, hf, _ in self.hf_config_keys():
             inverse = {v: k for k, v in HF_VALUE_MAPS.get(src, {}).items()}
             out[src] = inverse.get(hf_config[hf], hf_config[hf])
@@ -297,6 +299,7 @@ FAMILIES: Dict[str, Family] = {
         hf_model_class="HubertModel",
         task_config_class="s3prl.upstream.hubert.hubert_model:HubertPretrainingConfig",
         hf_extra_config_constants={"feat_proj_layer_norm": True},
+        hf_import_defaults={"label_rate": 50},  # HuBERT's pre-training label rate (Hz); not used at inference
     ),
     "wav2vec2": Wav2Vec2Family(
         name="wav2vec2",

@@ -152,6 +152,31 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
             _remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_files(folder: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder *inside* ``folder`` to fill; on success each of its entries replaces the entry
+    of the same name in ``folder`` (others are left alone), on error it is removed. For writers that fill a
+    folder with several files (``save_pretrained``) beside files they must keep; a kill leaves only a
+    temporary that the next write into ``folder`` removes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    tmp = temp_path(folder / "files", "-dir")
+    if tmp.exists():
+        _remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            target = folder / entry.name
+            if target.is_dir() and not target.is_symlink():
+                _remove(target)
+            os.replace(entry, target)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -307,23 +332,23 @@ class OutputDir:
         marker = self.marker()
         if marker and marker.get("command") != self.command:
             raise UserInputError(
-                f"{self.path} holds the outputs of a `{marker.get('command')}` run, not of `{self.command}`; "
+                f"{self.path} holds the outputs of a '{marker.get('command')}' run, not of '{self.command}'; "
                 "choose another folder (those files are not this command's to replace)", argument=self.argument)
         previous, foreign = self.previous_outputs(), self.foreign()
         if previous and not (self.force or self.resume):
             raise UserInputError(
-                f"{self.path} already holds the outputs of a previous `{self.command}` run ({_listing(previous)}); "
+                f"{self.path} already holds the outputs of a previous '{self.command}' run ({_listing(previous)}); "
                 "pass `force=True` to replace them (nothing else is deleted), or choose another folder",
                 argument=self.argument)
         if foreign and not self.force:
             raise UserInputError(
-                f"{self.path} is not empty and holds files that `{self.command}` did not write ({_listing(foreign)}); "
+                f"{self.path} is not empty and holds files that '{self.command}' did not write ({_listing(foreign)}); "
                 "choose a new or empty folder, or pass `force=True` to write beside them (they are never deleted)",
                 argument=self.argument)
         clash = sorted(set(foreign) & set(outputs))
         if clash:
             raise UserInputError(
-                f"{self.path} holds {_listing(clash)}, which `{self.command}` did not write and would overwrite; "
+                f"{self.path} holds {_listing(clash)}, which '{self.command}' did not write and would overwrite; "
                 "move them away or choose another folder", argument=self.argument)
         return self
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import sys
 
+# Python argument names in library errors -> this command's flags (the rest are --name-with-dashes)
+FLAGS = {"out_dir": "--out"}
+
 
 def add_arguments(parser):
     from s3prl_redundancy.plugins import pruning_strategies
@@ -94,7 +97,7 @@ def run(args) -> int:
     from s3prl_redundancy.upstreams.pruned.expert import resolve_source
 
     from ..checkpoints import load_family_checkpoint
-    from ..compression.compress import (TechniqueOptions, build_manifest, check_output_dir, compress, measure_costs,
+    from ..compression.compress import (TechniqueOptions, build_manifest, compress, measure_costs, output_dir,
                                         parse_techniques, write_output)
     from ..compression.strategies import Target, plan_layers
     from ..plugins import build_strategy
@@ -127,8 +130,7 @@ def run(args) -> int:
         raise UserInputError("--bridge linear is fitted on audio: pass --data DIR")
     if args.bridge and strategy is None:
         raise UserInputError("--bridge replaces removed layers: it needs --strategy (or --keep-layers)")
-    if not args.dry_run:
-        check_output_dir(args.out, args.force)
+    out = None if args.dry_run else output_dir(args.out, args.force, command="prune")
 
     source = resolve_source(family.name, args.ckpt)
     fam, ckpt = load_family_checkpoint(source, expected_family=family.name)
@@ -194,7 +196,7 @@ def run(args) -> int:
     if dataset is not None:
         extra["data"] = {"path": str(args.data), "utterances": len(dataset), "labels": args.labels,
                          "classes": sorted(set(labels)) if labels else None}
-    path = write_output(result, args.out, force=args.force, extra_manifest=extra)
+    path = write_output(result, out, extra_manifest=extra)
     before, after = meta["parameters_before"]["total"], meta["parameters_after"]["total"]
     print(json.dumps({"checkpoint": str(path), "keep_layers": meta["keep_layers"], "removed_layers": meta["removed_layers"],
                       "parameters": [before, after], "manifest": str(path.parent / "manifest.json")}))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 
+# Python argument names in library errors -> this command's flags (the rest are --name-with-dashes)
+FLAGS = {"out_dir": "--out"}
+
 
 def add_arguments(parser):
     parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local")
@@ -44,7 +47,7 @@ def run(args) -> int:
     from ..checkpoints import load_family_checkpoint
     from ..compression.statistics import load_labels
     from ..compression.sweep import OUTPUT_NAMES, run_sweep, write_sweep
-    from ..compression.compress import check_output_dir
+    from ..compression.compress import output_dir
     from ..errors import UserInputError
     from ..families import embedded_checkpoint, family_for_upstream
 
@@ -53,7 +56,7 @@ def run(args) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not strategies:
         raise UserInputError("--strategies is empty; give e.g. backward,block-influence")
-    check_output_dir(args.out, args.force, OUTPUT_NAMES)
+    out = output_dir(args.out, args.force, command="sweep", names=OUTPUT_NAMES)
     dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
     labels = load_labels(dataset, args.labels)
     source = resolve_source(family.name, args.ckpt)
@@ -65,6 +68,6 @@ def run(args) -> int:
         bridge_ridge=args.bridge_ridge, batch_size=args.batch_size, knn_k=args.knn_k, knn_frames=args.knn_frames,
         similarity_metric=args.similarity, seed=args.seed, progress=args.progress,
     )
-    path = write_sweep(result, args.out, force=args.force)
+    path = write_sweep(result, out)
     print(json.dumps({"csv": str(path), "rows": len(result.rows), "evaluations": result.options["evaluations"]}))
     return 0

@@ -3,8 +3,8 @@
 Order of operations: remove layers (``layers.prune_checkpoint``), put bridges over the removed
 runs, then apply the techniques in the order given (``heads``, ``lowrank``, ``magnitude``). Everything
 runs in memory; nothing is written until :func:`write_output`, which writes ``pruned.pt``,
-``manifest.json`` and ``scores.png`` atomically and only into a folder that does not already hold them
-(unless ``force``).
+``manifest.json`` and ``scores.png`` atomically into an :class:`~s3prl_redundancy.io.OutputDir` of the
+command ``prune`` (checked by :func:`output_dir` before any model is loaded).
 """
 
 from __future__ import annotations
@@ -312,11 +312,14 @@ def build_manifest(result: Compressed, checkpoint_path: Optional[Path] = None, e
     return _jsonable(manifest)
 
 
-def check_output_dir(out_dir, force: bool, names: Sequence[str] = OUTPUT_NAMES) -> Path:
-    """:func:`layers.check_output_dir` over every file this command writes."""
-    from .layers import check_output_dir as check
+def output_dir(out_dir, force: bool = False, command: str = "prune", names: Sequence[str] = OUTPUT_NAMES):
+    """The :class:`~s3prl_redundancy.io.OutputDir` of ``command``, checked (writability included): call it
+    before loading any model. An ``OutputDir`` given as ``out_dir`` is returned as it is."""
+    from ..io import OutputDir
 
-    return check(out_dir, force, names)
+    if isinstance(out_dir, OutputDir):
+        return out_dir
+    return OutputDir(out_dir, command, force=force).check(outputs=names)
 
 
 def new_figure(width: float, height: float):
@@ -410,13 +413,14 @@ def plot_scores(result: Compressed, path) -> str:
 
 
 def write_output(result: Compressed, out_dir, force: bool = False, extra_manifest: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``pruned.pt``, ``manifest.json`` and ``scores.png`` atomically; return the checkpoint path."""
+    """Write ``pruned.pt``, ``manifest.json`` and ``scores.png`` atomically into ``out_dir`` (a path or the
+    checked :func:`output_dir`); return the checkpoint path."""
     from ..io import atomic_torch_save, atomic_write_text
-    from .layers import prepare_output_dir
 
-    out = prepare_output_dir(out_dir, force, names=OUTPUT_NAMES)
-    path = atomic_torch_save(result.checkpoint, out / CHECKPOINT_NAME)
+    out = output_dir(out_dir, force)
+    out.prepare()
+    path = atomic_torch_save(result.checkpoint, out.file(CHECKPOINT_NAME))
     manifest = build_manifest(result, path, extra_manifest)
-    plot_scores(result, out / PLOT_NAME)
-    atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    plot_scores(result, out.file(PLOT_NAME))
+    atomic_write_text(out.file(MANIFEST_NAME), json.dumps(manifest, indent=2) + "\n")
     return path

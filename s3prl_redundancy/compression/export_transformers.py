@@ -35,9 +35,6 @@ bias, and position convolutions of depth > 1.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -149,43 +146,38 @@ def compare_with_s3prl(ckpt: Mapping[str, Any], hf_model, wavs: Optional[List[to
             "input_normalized": normalize}
 
 
+EXPORT_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "s3prl_redundancy_export.json")
+
+
 def export(ckpt: Mapping[str, Any], out_dir, force: bool = False, atol: float = 1e-4) -> Dict[str, Any]:
-    """Write the ``transformers`` model (``save_pretrained``) and its feature-extractor config into ``out_dir``,
-    after checking the reloaded folder against s3prl. Atomic: a temporary folder is filled and checked,
-    then its files are moved in."""
+    """Write the ``transformers`` model (``save_pretrained``) and its feature-extractor config into ``out_dir``
+    (a path or a checked :class:`~s3prl_redundancy.io.OutputDir` of the command ``export``), after checking
+    the reloaded folder against s3prl. Atomic: a temporary folder inside ``out_dir`` is filled and checked,
+    then its files are moved in (:func:`~s3prl_redundancy.io.atomic_files`)."""
     import transformers
 
+    from ..io import atomic_files, atomic_write_text
+    from .compress import output_dir
+
     transformers.utils.logging.disable_progress_bar()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file, not a folder; give a folder path")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserInputError(f"--out {out} is not empty; choose another folder or pass --force")
-    family = family_of(ckpt)
+    out = output_dir(out_dir, force, command="export", names=EXPORT_NAMES)
+    family = FAMILIES[family_of(ckpt)]
     model = build_hf_model(ckpt)
-    normalize = FAMILIES[family].normalizes_waveform(ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.export-tmp{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    normalize = family.normalizes_waveform(ckpt)
+    out.prepare()
+    with atomic_files(out.path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=normalize,
                                               return_attention_mask=model.config.feat_extract_norm == "layer").save_pretrained(tmp)
-        reloaded = getattr(transformers, FAMILIES[family].hf_model_class).from_pretrained(tmp, local_files_only=True).eval()
+        reloaded = getattr(transformers, family.hf_model_class).from_pretrained(tmp, local_files_only=True).eval()
         check = compare_with_s3prl(ckpt, reloaded)
         if not check["max_abs_diff"] <= atol:
             raise UserInputError(f"export check failed: the transformers model differs from s3prl by {check['max_abs_diff']:.3g} "
-                                 f"(tolerance {atol}); nothing written")
+                                 f"(tolerance `atol={atol}`); nothing written")
         meta = dict(ckpt.get(META_KEY) or {})
-        report = {"family": family, "transformers_class": FAMILIES[family].hf_model_class, "num_hidden_layers": model.config.num_hidden_layers,
-                  "keep_layers": meta.get("keep_layers"), "source": meta.get("source"), "check": check,
-                  "transformers_version": transformers.__version__}
-        (tmp / "s3prl_redundancy_export.json").write_text(json.dumps(report, indent=2) + "\n")
-        out.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        report = {"family": family.name, "transformers_class": family.hf_model_class,
+                  "num_hidden_layers": model.config.num_hidden_layers, "keep_layers": meta.get("keep_layers"),
+                  "source": meta.get("source"), "check": check, "transformers_version": transformers.__version__}
+        atomic_write_text(tmp / "s3prl_redundancy_export.json", json.dumps(report, indent=2) + "\n")
+        out.record(*(entry.name for entry in tmp.iterdir()))
     return report

@@ -246,12 +246,14 @@ def run_sweep(
 def write_sweep(result: SweepResult, out_dir, force: bool = False, metric: str = "probe_accuracy") -> Path:
     """``sweep.csv`` (one row per strategy and count), ``sweep.png`` (one line per strategy), ``sweep.json``."""
     from ..io import atomic_write_text
-    from .layers import prepare_output_dir
     from ..similarity.plots import save_figure_atomic
-    from .compress import new_figure
+    from .compress import new_figure, output_dir
     from .strategies import _jsonable
 
-    out = prepare_output_dir(out_dir, force, names=OUTPUT_NAMES)
+    folder = output_dir(out_dir, force, command="sweep", names=OUTPUT_NAMES)
+    folder.prepare()
+    folder.record(*OUTPUT_NAMES)
+    out = folder.path
     columns = list(dict.fromkeys(k for row in result.rows for k in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)

@@ -102,7 +102,7 @@ def test_target_parsing():
 def test_explicit_strategy_and_keep_layers_with_another_strategy():
     plan = S.plan_layers(build_strategy("explicit", keep_layers=[0, 3]), 4, S.Target("layers", (0, 3)))
     assert plan.keep == [0, 3] and plan.remove == [1, 2]
-    with pytest.raises(UserInputError, match="--keep-layers picks the layers itself"):
+    with pytest.raises(UserInputError, match="`keep_layers` picks the layers itself"):
         S.plan_layers(build_strategy("backward"), 4, S.Target("layers", (0, 3)))
     with pytest.raises(UserInputError, match="keeps all 4 layers"):
         S.plan_layers(build_strategy("explicit", keep_layers=[0, 1, 2, 3]), 4, S.Target("layers", (0, 1, 2, 3)))
@@ -123,7 +123,7 @@ def test_strategy_lookup_has_one_home_and_no_import_cycle():
 
 def test_strategies_that_need_data_say_so():
     for name in ("block-influence", "knn-block-influence", "similarity-blocks", "convexity"):
-        with pytest.raises(UserInputError, match="pass --data"):
+        with pytest.raises(UserInputError, match="pass `data`"):
             S.plan_layers(build_strategy(name), 4, S.Target("drop", 1), None)
     with pytest.raises(UserInputError, match="unknown strategy 'magic'"):
         build_strategy("magic")
@@ -293,11 +293,11 @@ def test_labels_that_do_not_match_the_audio(labelled, tmp_path):
     dataset = AudioDataset.from_data(folder)
     partial = tmp_path / "partial.csv"
     partial.write_text("path,label\n" + "".join(f"{p.relative_to(folder)},{l}\n" for p, l in list(zip(info["files"], info["labels"]))[:-2]))
-    with pytest.raises(UserInputError, match="2 of 12 audio files in --data have no label"):
+    with pytest.raises(UserInputError, match="2 of 12 audio files in `data` have no label"):
         load_labels(dataset, partial)
     other = tmp_path / "other.csv"
     other.write_text("path,label\nnowhere/x.wav,a\n")
-    with pytest.raises(UserInputError, match="do not exist under --data"):
+    with pytest.raises(UserInputError, match="do not exist under `data`"):
         load_labels(dataset, other)
     one = tmp_path / "one.csv"
     one.write_text("".join(f"{p},{'same'}\n" for p in info["files"]))

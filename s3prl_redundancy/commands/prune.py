@@ -15,7 +15,7 @@ import json
 import sys
 
 # Python argument names in library errors -> this command's flags (the rest are --name-with-dashes)
-FLAGS = {"out_dir": "--out"}
+FLAGS = {"out_dir": "--out", "similarity_metric": "--similarity"}
 
 
 def add_arguments(parser):
@@ -112,9 +112,9 @@ def run(args) -> int:
                                   args.min_heads_per_layer, args.rank, args.energy, args.lowrank_modules, args.sparsity,
                                   args.magnitude_scope)
     if name is None and target.kind != "default":
-        raise UserInputError("a layer target (--drop/--keep/--ratio/--param-budget/--latency-budget) needs --strategy NAME")
+        raise UserInputError("a layer target (`drop`/`keep`/`ratio`/`param_budget`/`latency_budget`) needs `strategy` NAME")
     if name is None and not techniques.techniques:
-        raise UserInputError("nothing to do: give --strategy (with a target) or --keep-layers, and/or --technique heads|lowrank|magnitude")
+        raise UserInputError("nothing to do: give `strategy` (with a target) or `keep_layers`, and/or `technique` heads|lowrank|magnitude")
     strategy = None
     if name is not None:
         strategy = build_strategy(name, keep_layers=list(target.value) if target.kind == "layers" else None,
@@ -122,14 +122,14 @@ def run(args) -> int:
                                   max_pairs=args.convexity_pairs, seed=args.seed)
         if strategy.needs_data and not args.data:
             raise UserInputError(
-                f"strategy {name!r} scores layers on audio: pass --data DIR (a folder of audio files or a file list)"
-                + (" with class labels (--labels CSV, or one sub-folder per class)" if strategy.needs_labels else "")
+                f"strategy {name!r} scores layers on audio: pass `data` DIR (a folder of audio files or a file list)"
+                + (" with class labels (`labels` CSV, or one sub-folder per class)" if strategy.needs_labels else "")
             )
     techniques.validate(has_data=bool(args.data))
     if args.bridge and not args.data:
-        raise UserInputError("--bridge linear is fitted on audio: pass --data DIR")
+        raise UserInputError("`bridge` linear is fitted on audio: pass `data` DIR")
     if args.bridge and strategy is None:
-        raise UserInputError("--bridge replaces removed layers: it needs --strategy (or --keep-layers)")
+        raise UserInputError("`bridge` replaces removed layers: it needs `strategy` (or `keep_layers`)")
     out = None if args.dry_run else output_dir(args.out, args.force, command="prune")
 
     source = resolve_source(family.name, args.ckpt)
@@ -145,7 +145,7 @@ def run(args) -> int:
         if args.labels or (strategy is not None and strategy.needs_labels):
             labels = load_labels(dataset, args.labels)
     elif args.labels:
-        raise UserInputError("--labels labels the audio of --data; pass --data too")
+        raise UserInputError("`labels` labels the audio of `data`; pass `data` too")
 
     plan = stats = None
     if strategy is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 # Python argument names in library errors -> this command's flags (the rest are --name-with-dashes)
-FLAGS = {"out_dir": "--out"}
+FLAGS = {"out_dir": "--out", "similarity_metric": "--similarity"}
 
 
 def add_arguments(parser):
@@ -55,7 +55,7 @@ def run(args) -> int:
     args.ckpt = args.ckpt or embedded_checkpoint(args.upstream)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not strategies:
-        raise UserInputError("--strategies is empty; give e.g. backward,block-influence")
+        raise UserInputError("`strategies` is empty; give e.g. backward,block-influence")
     out = output_dir(args.out, args.force, command="sweep", names=OUTPUT_NAMES)
     dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
     labels = load_labels(dataset, args.labels)

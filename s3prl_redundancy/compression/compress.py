@@ -35,9 +35,9 @@ def parse_techniques(spec: Optional[str]) -> Tuple[str, ...]:
     items = [s.strip() for s in str(spec).split(",") if s.strip()]
     unknown = [t for t in items if t not in TECHNIQUES]
     if unknown:
-        raise UserInputError(f"--technique: unknown {', '.join(map(repr, unknown))}; use heads, lowrank, magnitude (comma-separated)")
+        raise UserInputError(f"`technique`: unknown {', '.join(map(repr, unknown))}; use heads, lowrank, magnitude (comma-separated)")
     if len(set(items)) != len(items):
-        raise UserInputError(f"--technique lists a technique twice: {spec!r}")
+        raise UserInputError(f"`technique` lists a technique twice: {spec!r}")
     return tuple(items)
 
 
@@ -66,32 +66,32 @@ class TechniqueOptions:
             ("--lowrank-modules", self.lowrank_modules, "lowrank"), ("--sparsity", self.sparsity, "magnitude"),
         ) if value is not None and tech not in t]
         if stray:
-            raise UserInputError(f"{', '.join(stray)} given but --technique does not include the technique it belongs to")
+            raise UserInputError(f"{', '.join(stray)} given but `technique` does not include the technique it belongs to")
         if "heads" in t:
             if (self.heads_drop is None) == (self.heads_ratio is None):
-                raise UserInputError("--technique heads needs exactly one of --heads-drop N or --heads-ratio R")
+                raise UserInputError("`technique` heads needs exactly one of `heads_drop` N or `heads_ratio` R")
             if self.head_importance not in IMPORTANCE:
-                raise UserInputError(f"--head-importance must be one of {', '.join(IMPORTANCE)}")
+                raise UserInputError(f"`head_importance` must be one of {', '.join(IMPORTANCE)}")
             if self.head_importance == "output-norm" and not has_data:
                 raise UserInputError(
-                    "--technique heads with --head-importance output-norm measures heads on audio: pass --data DIR, "
-                    "or use --head-importance weight-norm (no data)"
+                    "`technique` heads with `head_importance` output-norm measures heads on audio: pass `data` DIR, "
+                    "or use `head_importance` weight-norm (no data)"
                 )
         if "lowrank" in t:
             if (self.rank is None) == (self.energy is None):
-                raise UserInputError("--technique lowrank needs exactly one of --rank R or --energy E")
+                raise UserInputError("`technique` lowrank needs exactly one of `rank` R or `energy` E")
             if self.rank is not None and self.rank < 1:
-                raise UserInputError(f"--rank must be at least 1, got {self.rank}")
+                raise UserInputError(f"`rank` must be at least 1, got {self.rank}")
             if self.energy is not None and not 0 < self.energy <= 1:
-                raise UserInputError(f"--energy must be in (0, 1], got {self.energy}")
+                raise UserInputError(f"`energy` must be in (0, 1], got {self.energy}")
             parse_modules(self.lowrank_modules)
         if "magnitude" in t:
             if self.sparsity is None:
-                raise UserInputError("--technique magnitude needs --sparsity S (fraction of weights set to zero)")
+                raise UserInputError("`technique` magnitude needs `sparsity` S (fraction of weights set to zero)")
             if not 0 < self.sparsity < 1:
-                raise UserInputError(f"--sparsity must be strictly between 0 and 1, got {self.sparsity}")
+                raise UserInputError(f"`sparsity` must be strictly between 0 and 1, got {self.sparsity}")
             if self.magnitude_scope not in ("module", "global"):
-                raise UserInputError("--magnitude-scope must be module or global")
+                raise UserInputError("`magnitude_scope` must be module or global")
 
 
 @dataclass
@@ -145,11 +145,11 @@ def compress(
     steps: List[Dict[str, Any]] = list(meta.get("compression", []))
     manifest: Dict[str, Any] = {}
     if bridge is not None and plan is None:
-        raise UserInputError("--bridge replaces removed layers: it needs layers to remove (--strategy/--keep-layers)")
+        raise UserInputError("`bridge` replaces removed layers: it needs layers to remove (`strategy`/`keep_layers`)")
     if plan is None and not techniques.techniques:
-        raise UserInputError("nothing to do: give a layer target (--strategy with --drop/--keep/..., or --keep-layers) and/or --technique")
+        raise UserInputError("nothing to do: give a layer target (`strategy` with `drop`/`keep`/..., or `keep_layers`) and/or `technique`")
     if bridge not in (None, "linear"):
-        raise UserInputError(f"--bridge {bridge!r}: the only bridge is 'linear'")
+        raise UserInputError(f"`bridge` {bridge!r}: the only bridge is 'linear'")
 
     current = dict(ckpt)
     if plan is not None:
@@ -202,7 +202,7 @@ def compress(
         missing = [run for run in runs if run not in fits]
         if missing:
             if bridge_data is None:
-                raise UserInputError("--bridge linear is fitted on audio: pass --data DIR")
+                raise UserInputError("`bridge` linear is fitted on audio: pass `data` DIR")
             fits.update(fit_bridges(collect_run_statistics(make_upstream(ckpt), bridge_data, missing, batch_size, progress),
                                     bridge_ridge))
         plain_ckpt = dict(current)

@@ -22,7 +22,7 @@ META_KEY = "s3prl_redundancy"
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
 
 
-def parse_keep_layers(spec: Union[str, Iterable[int]], where: str = "--keep-layers") -> List[int]:
+def parse_keep_layers(spec: Union[str, Iterable[int]], where: str = "`keep_layers`") -> List[int]:
     """Parse ``"0,1,3"`` or a list into a strictly increasing list of non-negative ints."""
     if isinstance(spec, str):
         items = [s.strip() for s in spec.split(",") if s.strip()]

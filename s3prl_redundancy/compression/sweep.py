@@ -70,7 +70,7 @@ def probe_split(labels: Sequence[str], test_fraction: float, seed: int) -> Tuple
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_fraction < 1.0:
-        raise UserInputError(f"--test-fraction must be strictly between 0 and 1, got {test_fraction}")
+        raise UserInputError(f"`test_fraction` must be strictly between 0 and 1, got {test_fraction}")
     labels = np.asarray(labels)
     counts = {c: int((labels == c).sum()) for c in set(labels.tolist())}
     small = {c: n for c, n in counts.items() if n < 2}
@@ -107,7 +107,7 @@ class LinearProbeEvaluator:
         elif self.features == "mean":
             x = features.pooled.mean(axis=1)
         else:
-            raise UserInputError(f"--probe-features must be last or mean, got {self.features!r}")
+            raise UserInputError(f"`probe_features` must be last or mean, got {self.features!r}")
         y = np.asarray(self.labels)
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=5000))
         probe.fit(x[self.train], y[self.train])
@@ -169,15 +169,15 @@ def run_sweep(
     fam = FAMILIES[detect_family(ckpt)]
     num_layers = fam.num_layers(ckpt)
     if not strategies:
-        raise UserInputError("--strategies is empty; give e.g. backward,block-influence")
+        raise UserInputError("`strategies` is empty; give e.g. backward,block-influence")
     if not 1 <= max_drop < num_layers:
-        raise UserInputError(f"--max-drop must be between 1 and {num_layers - 1} (the model has {num_layers} layers), got {max_drop}")
+        raise UserInputError(f"`max_drop` must be between 1 and {num_layers - 1} (the model has {num_layers} layers), got {max_drop}")
     if len(labels) != len(dataset):
         raise UserInputError(f"{len(labels)} labels for {len(dataset)} audio files")
     built = {name: build_strategy(name, **(strategy_options or {})) for name in dict.fromkeys(strategies)}
     for name, s in built.items():
         if isinstance(s, ExplicitStrategy):
-            raise UserInputError("strategy 'explicit' has no ranking to sweep; use --keep-layers with `prune` instead")
+            raise UserInputError("strategy 'explicit' has no ranking to sweep; use `keep_layers` with `prune` instead")
     needs = set().union(*(s.needs for s in built.values()))
     source_up = make_upstream(ckpt)
     stats = None

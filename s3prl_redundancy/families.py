@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 MASK_CHUNKS = "chunks"  # HuBERT / WavLM: a frame is padding when all samples of its chunk are (forward_padding_mask)
 MASK_CONV_LENGTHS = "conv_lengths"  # wav2vec 2.0: the CNN's output-length formula (_get_feat_extract_output_lengths)

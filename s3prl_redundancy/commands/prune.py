@@ -19,16 +19,16 @@ FLAGS = {"out_dir": "--out", "similarity_metric": "--similarity"}
 
 
 def add_arguments(parser):
-    from s3prl_redundancy.plugins import pruning_strategies
+    from s3prl_redundancy.compression.strategies import BUILTIN_STRATEGIES  # the help lists built-ins: no plugin import here
 
     parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local, or tiny_hubert (the embedded model)")
     parser.add_argument("--ckpt", help="source checkpoint (s3prl local format); default: s3prl's default weights for the family")
     parser.add_argument("--out", required=True, help="output folder (pruned.pt, manifest.json, scores.png)")
-    parser.add_argument("--force", action="store_true", help="overwrite pruned.pt / manifest.json / scores.png already in --out")
+    parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run of this command in --out (only those; other files are kept)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what the techniques would remove); write nothing")
 
     g = parser.add_argument_group("layer selection")
-    g.add_argument("--strategy", help=f"how to choose layers to remove: {', '.join(pruning_strategies())}; "
+    g.add_argument("--strategy", help=f"how to choose layers to remove: {', '.join(BUILTIN_STRATEGIES)} (or a plugin's); "
                                       "default: explicit when --keep-layers is given")
     t = g.add_mutually_exclusive_group()
     t.add_argument("--drop", type=int, help="remove N layers")

@@ -21,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--labels", help="CSV with rows path,label")
     parser.add_argument("--max-drop", type=int, required=True, help="evaluate 0..N layers removed")
     parser.add_argument("--out", required=True, help="output folder (sweep.csv, sweep.png, sweep.json)")
-    parser.add_argument("--force", action="store_true", help="overwrite sweep.csv / sweep.png / sweep.json already in --out")
+    parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run of this command in --out (only those; other files are kept)")
     parser.add_argument("--probe-features", choices=("mean", "last"), default="mean",
                         help="probe on the mean of all hidden states (default) or the last one")
     parser.add_argument("--test-fraction", type=float, default=0.3, help="held-out fraction for the probe (stratified)")

@@ -37,7 +37,7 @@ def _describe_start(head: bytes) -> str:
     return f"binary data (starts with bytes {head[:8].hex(' ')})"
 
 
-def _check_zip(path: Path, what: str) -> None:
+def _check_zip(path: Path, what: str, argument: Optional[str]) -> None:
     """A zip archive must be complete and hold a torch pickle (``<archive>/data.pkl``)."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -45,27 +45,27 @@ def _check_zip(path: Path, what: str) -> None:
     except zipfile.BadZipFile:
         raise UserInputError(
             f"{what} {path} is a zip archive that is cut short or damaged (no central directory): probably an "
-            "interrupted copy or download; re-copy or re-create it", argument="ckpt") from None
+            "interrupted copy or download; re-copy or re-create it", argument=argument) from None
     if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
         raise UserInputError(
             f"{what} {path} is a zip archive of other files ({', '.join(names[:4]) or 'empty'}), not a PyTorch "
-            "checkpoint (which holds <name>/data.pkl); give the .pt file itself", argument="ckpt")
+            "checkpoint (which holds <name>/data.pkl); give the .pt file itself", argument=argument)
 
 
-def _check_kind(path: Path, what: str) -> None:
+def _check_kind(path: Path, what: str, argument: Optional[str]) -> None:
     """Refuse a missing, empty or non-torch file before ``torch.load`` sees it."""
     if not path.is_file():
-        raise UserInputError(f"{what} {path} does not exist (or is not a file); check the path", argument="ckpt")
+        raise UserInputError(f"{what} {path} does not exist (or is not a file); check the path", argument=argument)
     if path.stat().st_size == 0:
-        raise UserInputError(f"{what} {path} is empty (0 bytes); re-copy or re-create it", argument="ckpt")
+        raise UserInputError(f"{what} {path} is empty (0 bytes); re-copy or re-create it", argument=argument)
     with open(path, "rb") as f:
         head = f.read(64)
     if head.startswith(ZIP_MAGIC):
-        _check_zip(path, what)
+        _check_zip(path, what, argument)
     elif head[0] != PICKLE_PROTO:
         raise UserInputError(
             f"{what} {path} is not a PyTorch checkpoint: it is {_describe_start(head)}; give a .pt file written by "
-            "torch.save (s3prl's local format)", argument="ckpt")
+            "torch.save (s3prl's local format)", argument=argument)
 
 
 def _forbidden_global(error: Exception) -> str:
@@ -74,26 +74,27 @@ def _forbidden_global(error: Exception) -> str:
     return line.strip().split(" was not an allowed global")[0]
 
 
-def load_checkpoint(path, what: str = "checkpoint") -> Dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with messages that name the file, what it is and the fix."""
+def load_checkpoint(path, what: str = "checkpoint", argument: Optional[str] = "ckpt") -> Dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with messages that name the file, what it is and the fix;
+    ``argument``: the Python argument that gave ``path`` (named by every error)."""
     import torch
 
     path = Path(path)
-    _check_kind(path, what)
+    _check_kind(path, what, argument)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):  # the unpickler met bytes it cannot read, not a forbidden class
             raise UserInputError(f"{what} {path} is corrupt or truncated (its pickle data cannot be read)",
-                                 argument="ckpt") from None
+                                 argument=argument) from None
         raise UserInputError(
             f"{what} {path} holds Python objects that are not plain tensors and configs, so it is not loaded "
             f"(weights_only=True never executes a pickle from a file): {_forbidden_global(e)}. Convert it to "
-            "s3prl's local format (plain dicts and tensors) first.", argument="ckpt"
+            "s3prl's local format (plain dicts and tensors) first.", argument=argument
         ) from None
     except Exception as e:  # a damaged file makes the unpickler / zip reader raise assorted types
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserInputError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {first})", argument="ckpt") from None
+        raise UserInputError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {first})", argument=argument) from None
 
 
 def check_family(found: Optional[str], expected: Optional[str], source) -> None:

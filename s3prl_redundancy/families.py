@@ -1,14 +1,62 @@
-"""What this project knows about each s3prl upstream family it compresses.
+"""Everything this project knows that differs between the s3prl upstream families it compresses.
 
-One :class:`Family` per model family: how its s3prl *local* checkpoint is laid out, where the layer
-count lives, which s3prl expert class runs it and which released weights s3prl's default entry uses.
+One :class:`Family` object per model family (HuBERT, wav2vec 2.0, WavLM). Code elsewhere asks the family
+object instead of comparing family names: how its s3prl *local* checkpoint is laid out, how to build its
+model and config, whether its layers pass WavLM's relative position bias, how its front end marks padded
+frames, whether it normalises waveforms, which s3prl expert runs it, and how its config and weights are
+named in the ``transformers`` format. Adding a family means adding one object here.
+
+The ``transformers`` mapping is *data* (pairs of names), so it reads in both directions: an exporter
+maps ``s3prl -> transformers`` with :meth:`Family.hf_config_kwargs` and :meth:`Family.hf_weight_names`,
+an importer maps back with :meth:`Family.s3prl_config_from_hf` and the same pairs reversed.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+MASK_CHUNKS = "chunks"  # HuBERT / WavLM: a frame is padding when all samples of its chunk are (forward_padding_mask)
+MASK_CONV_LENGTHS = "conv_lengths"  # wav2vec 2.0: the CNN's output-length formula (_get_feat_extract_output_lengths)
+
+# (s3prl config field, transformers config key, type) for every family; the values are copied
+# (``activation_fn`` and ``extractor_mode`` are translated by :data:`HF_VALUE_MAPS`).
+HF_CONFIG_KEYS: Tuple[Tuple[str, str, type], ...] = (
+    ("encoder_embed_dim", "hidden_size", int), ("encoder_layers", "num_hidden_layers", int),
+    ("encoder_attention_heads", "num_attention_heads", int), ("encoder_ffn_embed_dim", "intermediate_size", int),
+    ("activation_fn", "hidden_act", str), ("dropout", "hidden_dropout", float),
+    ("attention_dropout", "attention_dropout", float), ("activation_dropout", "activation_dropout", float),
+    ("dropout_input", "feat_proj_dropout", float), ("encoder_layerdrop", "layerdrop", float),
+    ("extractor_mode", "feat_extract_norm", str), ("conv_bias", "conv_bias", bool),
+    ("conv_pos", "num_conv_pos_embeddings", int), ("conv_pos_groups", "num_conv_pos_embedding_groups", int),
+    ("layer_norm_first", "do_stable_layer_norm", bool),
+)
+HF_CONFIG_DEFAULTS: Dict[str, Any] = {"dropout_input": 0.0}  # s3prl fields a family's config may lack
+# s3prl value -> transformers value, per config field (invert the dicts to import)
+HF_VALUE_MAPS: Dict[str, Dict[Any, Any]] = {
+    "activation_fn": {"gelu": "gelu", "relu": "relu", "gelu_accurate": "gelu_new"},
+    "extractor_mode": {"default": "group", "layer_norm": "layer"},
+}
+# constant transformers config values for every family (s3prl's fixed choices)
+HF_CONFIG_CONSTANTS: Dict[str, Any] = {"layer_norm_eps": 1e-5, "feat_extract_activation": "gelu"}
+
+# per transformer layer, modules (their ``weight``/``bias`` map together): (s3prl, transformers)
+_HF_LAYER_MODULES: Tuple[Tuple[str, str], ...] = (
+    *((f"self_attn.{p}", f"attention.{p}") for p in ("q_proj", "k_proj", "v_proj", "out_proj")),
+    ("self_attn_layer_norm", "layer_norm"), ("final_layer_norm", "final_layer_norm"),
+    ("fc1", "feed_forward.intermediate_dense"), ("fc2", "feed_forward.output_dense"),
+)
+
+
+@dataclass(frozen=True)
+class WeightName:
+    """One s3prl weight and its ``transformers`` name; ``required``: the exporter fails when it is absent
+    (optional ones, e.g. a bias switched off in the config, are mapped only when present)."""
+
+    s3prl: str
+    hf: str
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -21,10 +69,29 @@ class Family:
     local_entry: str  # s3prl hub entry that loads this local format
     default_entry: str  # s3prl hub entry whose weights a pruned entry uses when given no checkpoint
     default_url: str  # the URL that s3prl's default entry downloads (same code path: s3prl's downloader)
+    config_class: str  # "module:Class" of s3prl's model config
+    model_class: str  # "module:Class" of s3prl's model
+    hf_config_class: str  # ``transformers`` config class name
+    hf_model_class: str  # ``transformers`` model class name
+    # WavLM: each layer takes and returns the relative position bias (``pos_bias``), computed by the first
+    # layer that owns a bias table; the others' layers return ``(x, (attn, layer_result))``
+    position_bias: bool = False
+    frame_mask: str = MASK_CHUNKS  # how the front end marks padded frames (see the MASK_* constants)
+    task_config_class: str = ""  # "module:Class" of the task config that says whether waveforms are normalised
+    # weights (per-layer names) that only the first layer owns and every later layer uses; when that layer
+    # is removed they move to the new first layer (WavLM's relative position bias table)
+    first_layer_weights: Tuple[str, ...] = ()
+    # extra (s3prl config field, transformers config key, type) triples of this family
+    hf_extra_config_keys: Tuple[Tuple[str, str, type], ...] = ()
+    hf_extra_config_constants: Mapping[str, Any] = field(default_factory=dict)
+    # s3prl config fields that transformers does not keep but s3prl's config class requires (import only)
+    hf_import_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # extra per-layer weights: (s3prl module or tensor name, transformers name, is a module with weight/bias)
+    hf_extra_layer_weights: Tuple[Tuple[str, str, bool], ...] = ()
 
+    # ------------------------------------------------------------ checkpoint layout
     def expert_class(self):
-        module, cls = self.expert.split(":")
-        return getattr(importlib.import_module(module), cls)
+        return _import(self.expert)
 
     def num_layers(self, ckpt: Mapping[str, Any]) -> int:
         cfg = ckpt[self.config_key]
@@ -35,9 +102,188 @@ class Family:
     def weights(self, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
         return ckpt[self.weights_key]
 
+    def matches(self, ckpt: Mapping[str, Any]) -> bool:
+        return all(k in ckpt for k in self.required_keys)
+
+    # ------------------------------------------------------------ configs and models
+    def model_config(self, config: Mapping[str, Any]):
+        """s3prl's config object for the plain-dict model config ``config``, every default filled in."""
+        from s3prl.upstream.utils import merge_with_parent
+
+        return merge_with_parent(_import(self.config_class), dict(config))
+
+    def checkpoint_config(self, ckpt: Mapping[str, Any]):
+        """The config object of a local-format checkpoint."""
+        return self.model_config(ckpt[self.config_key])
+
+    def task_config(self, ckpt: Mapping[str, Any]):
+        """s3prl's task config object of ``ckpt`` (HuBERT / wav2vec 2.0)."""
+        from s3prl.upstream.utils import merge_with_parent
+
+        return merge_with_parent(_import(self.task_config_class), dict(ckpt["task_cfg"]))
+
+    def normalizes_waveform(self, ckpt: Mapping[str, Any]) -> bool:
+        """Whether the expert layer-normalises each waveform first (HuBERT / wav2vec 2.0: the task config)."""
+        return bool(self.task_config(ckpt).normalize)
+
+    def build_model(self, ckpt: Mapping[str, Any], num_layers: Optional[int] = None):
+        """s3prl's model for ``ckpt``'s configs (random weights, full-size layers); ``num_layers`` overrides
+        the depth. ``ckpt`` needs the config entries only (``config_key``, and ``task_cfg`` where used)."""
+        from .errors import UserInputError
+
+        config = dict(ckpt[self.config_key])
+        if num_layers is not None:
+            config["encoder_layers"] = num_layers
+        cfg = self.model_config(config)
+        if getattr(cfg, "layer_type", "transformer") != "transformer":
+            raise UserInputError(f"{self.name} layer_type {cfg.layer_type!r} is not supported; only 'transformer' layers")
+        return self._new_model(cfg, ckpt)
+
+    def _new_model(self, cfg, ckpt: Mapping[str, Any]):
+        return _import(self.model_class)(cfg)
+
+    def front_end_model(self, ckpt: Mapping[str, Any]):
+        """``(model, normalize_waveform)``: a 0-layer model whose modules before the transformer stack are
+        the front end (see ``distill/front_end.py``)."""
+        return self.build_model(ckpt, num_layers=0), self.normalizes_waveform(ckpt)
+
+    def run_layer(self, layer, x, padding_mask=None, pos_bias=None):
+        """One transformer layer as the family's encoder runs it: ``(x, pos_bias)`` after the layer."""
+        if self.position_bias:
+            x, _, pos_bias = layer(x, self_attn_padding_mask=padding_mask, need_weights=False, pos_bias=pos_bias)
+        else:
+            x, _ = layer(x, self_attn_padding_mask=padding_mask, need_weights=False)
+        return x, pos_bias
+
+    def trims_hidden_states(self) -> bool:
+        """Whether s3prl's expert cuts every hidden state to the shortest (its ``hook_postprocess``)."""
+        return not self.position_bias
+
+    # ------------------------------------------------------------ transformers format
+    def hf_config_keys(self) -> Tuple[Tuple[str, str, type], ...]:
+        """Every (s3prl config field, transformers config key, type) whose value is copied (see HF_VALUE_MAPS)."""
+        return HF_CONFIG_KEYS + self.hf_extra_config_keys
+
+    def hf_config_constants(self) -> Dict[str, Any]:
+        return {**HF_CONFIG_CONSTANTS, **self.hf_extra_config_constants}
+
+    def check_hf_exportable(self, cfg) -> None:
+        """Raise :class:`UserInputError` when ``cfg`` has no exact ``transformers`` equivalent."""
+        from .errors import UserInputError
+
+        if getattr(cfg, "layer_type", "transformer") != "transformer":
+            raise UserInputError(f"layer_type {cfg.layer_type!r} has no transformers equivalent here")
+        if int(getattr(cfg, "pos_conv_depth", 1)) != 1:
+            raise UserInputError("position convolutions of depth > 1 (data2vec 2.0 style) have no transformers equivalent")
+        if cfg.activation_fn not in HF_VALUE_MAPS["activation_fn"]:
+            raise UserInputError(f"activation {cfg.activation_fn!r} is not exportable")
+
+    def hf_config_kwargs(self, cfg) -> Dict[str, Any]:
+        """The ``transformers`` config keyword arguments for s3prl's config object ``cfg`` (convolution
+        lists from ``conv_feature_layers``)."""
+        kwargs = {}
+        for src, hf, kind in self.hf_config_keys():
+            value = kind(getattr(cfg, src, HF_CONFIG_DEFAULTS.get(src)))
+            kwargs[hf] = HF_VALUE_MAPS.get(src, {}).get(value, value)
+        kwargs["feat_extract_norm"] = "group" if str(cfg.extractor_mode) == "default" else "layer"
+        conv = conv_layers(cfg)
+        kwargs.update(conv_dim=[c[0] for c in conv], conv_kernel=[c[1] for c in conv], conv_stride=[c[2] for c in conv],
+                      architectures=[self.hf_model_class], **self.hf_config_constants())
+        return kwargs
+
+    def s3prl_config_from_hf(self, hf_config: Mapping[str, Any]) -> Dict[str, Any]:
+        """The inverse of :meth:`hf_config_kwargs`: s3prl's plain-dict model config for a ``transformers``
+        config dict (``config.to_dict()``)."""
+        out = dict(self.hf_import_defaults)
+        for src, hf, _ in self.hf_config_keys():
+            inverse = {v: k for k, v in HF_VALUE_MAPS.get(src, {}).items()}
+            out[src] = inverse.get(hf_config[hf], hf_config[hf])
+        layers = zip(hf_config["conv_dim"], hf_config["conv_kernel"], hf_config["conv_stride"])
+        out["conv_feature_layers"] = repr([tuple(int(v) for v in c) for c in layers])
+        return out
+
+    def hf_weight_names(self, cfg, s3prl_names: Sequence[str] = ()) -> List[WeightName]:
+        """Every s3prl weight with its ``transformers`` name, for a model of config ``cfg``.
+
+        Not included (conventions the exporter handles): the weight-norm parameters of the position
+        convolution (``encoder.pos_conv.0.weight_g/_v``, whose ``transformers`` names depend on the torch
+        version) and the identity projection ``transformers`` needs when s3prl has no ``post_extract_proj``.
+        ``s3prl_names``: the checkpoint's names, to map ``post_extract_proj`` only where it exists."""
+        names: List[WeightName] = []
+        for i in range(len(conv_layers(cfg))):
+            src, dst = f"feature_extractor.conv_layers.{i}", f"feature_extractor.conv_layers.{i}"
+            names.append(WeightName(f"{src}.0.weight", f"{dst}.conv.weight"))
+            if cfg.conv_bias:
+                names.append(WeightName(f"{src}.0.bias", f"{dst}.conv.bias"))
+            norm = {"default": f"{src}.2" if i == 0 else None, "layer_norm": f"{src}.2.1"}[str(cfg.extractor_mode)]
+            if norm is not None:
+                names += [WeightName(f"{norm}.{p}", f"{dst}.layer_norm.{p}") for p in ("weight", "bias")]
+        for p in ("weight", "bias"):
+            names.append(WeightName(f"layer_norm.{p}", f"feature_projection.layer_norm.{p}"))
+            names.append(WeightName(f"encoder.layer_norm.{p}", f"encoder.layer_norm.{p}"))
+            if f"post_extract_proj.{p}" in s3prl_names:
+                names.append(WeightName(f"post_extract_proj.{p}", f"feature_projection.projection.{p}"))
+        names += [WeightName("encoder.pos_conv.0.bias", "encoder.pos_conv_embed.conv.bias"),
+                  WeightName("mask_emb", "masked_spec_embed")]
+        for i in range(int(cfg.encoder_layers)):
+            names += self.hf_layer_weight_names(i)
+        return names
+
+    def hf_layer_weight_names(self, i: int) -> List[WeightName]:
+        src, dst = f"encoder.layers.{i}", f"encoder.layers.{i}"
+        modules = _HF_LAYER_MODULES + tuple((s, h) for s, h, is_module in self.hf_extra_layer_weights if is_module)
+        names = [WeightName(f"{src}.{s}.{p}", f"{dst}.{h}.{p}", required=False) for s, h in modules for p in ("weight", "bias")]
+        names += [WeightName(f"{src}.{s}", f"{dst}.{h}") for s, h, is_module in self.hf_extra_layer_weights if not is_module]
+        return names
+
+
+class HubertFamily(Family):
+    def _new_model(self, cfg, ckpt):
+        # the label dictionaries only size the pre-training head; a config-only ``ckpt`` gets a one-label one
+        return _import(self.model_class)(cfg, self.task_config(ckpt), ckpt.get("dictionaries_symbols", [["0"]]))
+
+
+class Wav2Vec2Family(Family):
+    def front_end_model(self, ckpt):
+        from .errors import UserInputError
+
+        cfg = self.checkpoint_config(ckpt)
+        if cfg.layer_type != "transformer" or cfg.quantize_input:
+            raise UserInputError(
+                f"wav2vec 2.0 variants with layer_type={cfg.layer_type!r} / quantize_input={cfg.quantize_input} have "
+                "a different front end; distillation supports the standard transformer wav2vec 2.0 only"
+            )
+        return super().front_end_model(ckpt)
+
+
+class WavLMFamily(Family):
+    def model_config(self, config):
+        return _import(self.config_class)(dict(config))  # WavLMConfig fills its own defaults
+
+    def normalizes_waveform(self, ckpt):
+        return bool(self.checkpoint_config(ckpt).normalize)
+
+    def check_hf_exportable(self, cfg):
+        from .errors import UserInputError
+
+        super().check_hf_exportable(cfg)
+        if not (getattr(cfg, "relative_position_embedding", False) and getattr(cfg, "gru_rel_pos", False)):
+            raise UserInputError("transformers' WavLM always uses gated relative position bias; this WavLM config has "
+                                 "relative_position_embedding/gru_rel_pos off, so it cannot be exported exactly")
+
+
+def _import(spec: str):
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def conv_layers(cfg) -> List[Tuple[int, int, int]]:
+    """``(channels, kernel, stride)`` of every CNN layer, from the config's ``conv_feature_layers`` string."""
+    return [tuple(c) for c in eval(cfg.conv_feature_layers)]  # noqa: S307 - the same string s3prl evaluates
+
 
 FAMILIES: Dict[str, Family] = {
-    "hubert": Family(
+    "hubert": HubertFamily(
         name="hubert",
         weights_key="model_weight",
         config_key="model_cfg",
@@ -47,8 +293,15 @@ FAMILIES: Dict[str, Family] = {
         default_entry="hubert",
         # s3prl/upstream/hubert/hubconf.py: hubert() -> hubert_base()
         default_url="https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_base_ls960.pt",
+        config_class="s3prl.upstream.hubert.hubert_model:HubertConfig",
+        model_class="s3prl.upstream.hubert.hubert_model:HubertModel",
+        hf_config_class="HubertConfig",
+        hf_model_class="HubertModel",
+        task_config_class="s3prl.upstream.hubert.hubert_model:HubertPretrainingConfig",
+        hf_extra_config_constants={"feat_proj_layer_norm": True},
+        hf_import_defaults={"label_rate": 50},  # HuBERT's pre-training label rate (Hz); not used at inference
     ),
-    "wav2vec2": Family(
+    "wav2vec2": Wav2Vec2Family(
         name="wav2vec2",
         weights_key="model_weight",
         config_key="model_cfg",
@@ -58,8 +311,14 @@ FAMILIES: Dict[str, Family] = {
         default_entry="wav2vec2",
         # s3prl/upstream/wav2vec2/hubconf.py: wav2vec2() -> wav2vec2_base_960()
         default_url="https://huggingface.co/s3prl/converted_ckpts/resolve/main/wav2vec_small.pt",
+        config_class="s3prl.upstream.wav2vec2.wav2vec2_model:Wav2Vec2Config",
+        model_class="s3prl.upstream.wav2vec2.wav2vec2_model:Wav2Vec2Model",
+        hf_config_class="Wav2Vec2Config",
+        hf_model_class="Wav2Vec2Model",
+        task_config_class="s3prl.upstream.wav2vec2.wav2vec2_model:AudioPretrainingConfig",
+        frame_mask=MASK_CONV_LENGTHS,
     ),
-    "wavlm": Family(
+    "wavlm": WavLMFamily(
         name="wavlm",
         weights_key="model",
         config_key="cfg",
@@ -69,6 +328,16 @@ FAMILIES: Dict[str, Family] = {
         default_entry="wavlm",
         # s3prl/upstream/wavlm/hubconf.py: wavlm() -> wavlm_base_plus()
         default_url="https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base_plus.pt",
+        config_class="s3prl.upstream.wavlm.WavLM:WavLMConfig",
+        model_class="s3prl.upstream.wavlm.WavLM:WavLM",
+        hf_config_class="WavLMConfig",
+        hf_model_class="WavLMModel",
+        position_bias=True,
+        first_layer_weights=("self_attn.relative_attention_bias.weight",),
+        hf_extra_config_keys=(("num_buckets", "num_buckets", int), ("max_distance", "max_bucket_distance", int)),
+        hf_extra_layer_weights=(("self_attn.grep_linear", "attention.gru_rel_pos_linear", True),
+                                ("self_attn.relative_attention_bias", "attention.rel_attn_embed", True),
+                                ("self_attn.grep_a", "attention.gru_rel_pos_const", False)),
     ),
 }
 
@@ -98,13 +367,8 @@ def detect_family(ckpt: Mapping[str, Any]) -> Optional[str]:
     """The family whose local checkpoint layout ``ckpt`` has, or None."""
     if not isinstance(ckpt, Mapping):
         return None
-    if all(k in ckpt for k in FAMILIES["hubert"].required_keys):
-        return "hubert"
-    if all(k in ckpt for k in FAMILIES["wav2vec2"].required_keys):
-        return "wav2vec2"
-    if all(k in ckpt for k in FAMILIES["wavlm"].required_keys):
-        return "wavlm"
-    return None
+    # HuBERT's keys include wav2vec 2.0's: the first family (in FAMILIES' order) whose keys are all there wins
+    return next((f.name for f in FAMILIES.values() if f.matches(ckpt)), None)
 
 
 def family_for_upstream(name: str) -> Family:

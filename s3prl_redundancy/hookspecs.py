@@ -18,7 +18,7 @@ with ``@hookimpl`` functions under the setuptools entry-point group ``s3prl_redu
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pluggy
 
@@ -56,6 +56,3 @@ def s3prl_redundancy_on_hidden_states(
     """Called once per batch during an analysis pass with every layer's hidden states ``(B, T, D)``, the
     true frame count of each utterance and its id. Padding frames beyond ``lengths`` must be ignored."""
 
-
-def all_specs() -> Dict[str, Callable]:
-    return {name: obj for name, obj in globals().items() if name.startswith("s3prl_redundancy_")}

@@ -152,6 +152,31 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
             _remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_files(folder: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder *inside* ``folder`` to fill; on success each of its entries replaces the entry
+    of the same name in ``folder`` (others are left alone), on error it is removed. For writers that fill a
+    folder with several files (``save_pretrained``) beside files they must keep; a kill leaves only a
+    temporary that the next write into ``folder`` removes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    tmp = temp_path(folder / "files", "-dir")
+    if tmp.exists():
+        _remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            target = folder / entry.name
+            if target.is_dir() and not target.is_symlink():
+                _remove(target)
+            os.replace(entry, target)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

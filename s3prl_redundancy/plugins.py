@@ -1,9 +1,14 @@
-"""The plugin manager: our built-ins plus every package registered under the ``s3prl_redundancy`` entry points."""
+"""The plugin manager: our built-ins plus every package registered under the ``s3prl_redundancy`` entry points.
+
+This is the only module that looks up registered upstream entries, similarity metrics and pruning
+strategies; the modules that define the built-ins never import it (``builtin_plugin`` imports them), so
+there is no import cycle.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict
+from typing import Any, Callable, Dict
 
 import pluggy
 
@@ -47,3 +52,16 @@ def similarity_metrics() -> Dict[str, type]:
 
 def pruning_strategies() -> Dict[str, type]:
     return _merged(get_plugin_manager().hook.s3prl_redundancy_pruning_strategies(), "pruning strategy")
+
+
+def build_strategy(name: str, **options: Any):
+    """An instance of the pruning strategy ``name``; only the options the strategy declares (its ``options``
+    mapping) are passed to it, and ``None`` values are left out."""
+    from .errors import UserInputError
+
+    strategies = pruning_strategies()
+    if name not in strategies:
+        raise UserInputError(f"unknown strategy {name!r}; use one of: {', '.join(strategies)}", argument="strategy")
+    cls = strategies[name]
+    accepted = getattr(cls, "options", {}) or {}
+    return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})

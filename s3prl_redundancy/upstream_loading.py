@@ -50,19 +50,19 @@ def resolve_device(device: Union[str, Any, None] = "cpu", local_rank: Optional[i
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise UserInputError(f"--device {device!r} is not a device torch knows ({e}); use cpu or cuda") from None
+        raise UserInputError(f"`device` {device!r} is not a device torch knows ({e}); use cpu or cuda") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserInputError(
-                f"--device {device} was asked for but torch.cuda.is_available() is False (torch {torch.__version__}); "
-                "use --device cpu or install a CUDA build of torch"
+                f"`device` {device} was asked for but torch.cuda.is_available() is False (torch {torch.__version__}); "
+                "use `device` cpu or install a CUDA build of torch"
             )
         if dev.index is None:
             dev = torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
         if dev.index >= torch.cuda.device_count():
-            raise UserInputError(f"--device {dev} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UserInputError(f"`device` {dev} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
-        raise UserInputError(f"--device {device!r} is not supported; use cpu or cuda")
+        raise UserInputError(f"`device` {device!r} is not supported; use cpu or cuda")
     return dev
 
 
@@ -83,9 +83,9 @@ def get_hub_entry(name: str):
         close = difflib.get_close_matches(name or "", names, n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserInputError(
-            f"--upstream {name!r} is not an s3prl hub entry; {hint}"
+            f"`upstream` {name!r} is not an s3prl hub entry; {hint}"
             f"list all {len(names)} with `python -c 'import s3prl.hub as h; print(h.options())'` "
-            "(entries ending in _local take a local checkpoint through --ckpt)"
+            "(entries ending in _local take a local checkpoint through `ckpt`)"
         )
     return entry
 
@@ -113,13 +113,13 @@ def load_upstream(
     if ckpt is not None and not _is_url(str(ckpt)):
         path = Path(ckpt)
         if not path.is_file():
-            raise UserInputError(f"--ckpt {ckpt} does not exist (or is not a file); give the path of the upstream's checkpoint")
+            raise UserInputError(f"`ckpt` {ckpt} does not exist (or is not a file); give the path of the upstream's checkpoint")
         if path.stat().st_size == 0:
-            raise UserInputError(f"--ckpt {ckpt} is empty (0 bytes); re-copy or re-create the checkpoint")
+            raise UserInputError(f"`ckpt` {ckpt} is empty (0 bytes); re-copy or re-create the checkpoint")
         ckpt = str(path)
     if model_config is not None:
         if not Path(model_config).is_file():
-            raise UserInputError(f"--model-config {model_config} does not exist (or is not a file); give the upstream's YAML config")
+            raise UserInputError(f"`model_config` {model_config} does not exist (or is not a file); give the upstream's YAML config")
         model_config = str(model_config)
     try:
         upstream = entry(ckpt=ckpt, model_config=model_config, refresh=refresh)
@@ -129,7 +129,7 @@ def load_upstream(
         source = f" from {ckpt}" if ckpt else " (no --ckpt: the entry's default weights, which may need a download)"
         raise UpstreamLoadError(
             f"could not build upstream {name!r}{source}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            ". Check that --ckpt is a checkpoint of the format this entry loads (e.g. hubert_local takes s3prl's "
+            ". Check that `ckpt` is a checkpoint of the format this entry loads (e.g. hubert_local takes s3prl's "
             "converted HuBERT checkpoints) and that any download is reachable."
         ) from e
     if upstream is None or not hasattr(upstream, "to"):

@@ -16,7 +16,8 @@ from s3prl_redundancy.compression.bridges import (
     removed_runs,
 )
 from s3prl_redundancy.compression.compress import compress
-from s3prl_redundancy.compression.strategies import Target, build_strategy, plan_layers
+from s3prl_redundancy.compression.strategies import Target, plan_layers
+from s3prl_redundancy.plugins import build_strategy
 from s3prl_redundancy.compression.structure import LinearBridge, make_upstream
 from s3prl_redundancy.testing.audio import write_labelled_audio
 from s3prl_redundancy.testing.models import make_identity_layers

@@ -142,7 +142,7 @@ def test_select_heads_respects_the_minimum_per_layer():
     assert [len(v) for v in choice["keep"].values()] == [1, 1]
     with pytest.raises(UserInputError, match="at most 4 can go"):
         select_heads(importance, drop=5)
-    with pytest.raises(UserInputError, match="exactly one of --heads-drop N or --heads-ratio R"):
+    with pytest.raises(UserInputError, match="exactly one of `heads_drop` N or `heads_ratio` R"):
         select_heads(importance)
     assert len(select_heads(importance, ratio=0.34)["removed"]) == 2
 

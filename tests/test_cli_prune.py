@@ -58,9 +58,36 @@ def test_existing_output_needs_force(tiny_ckpts, tmp_path, capsys):
     before = (out / "pruned.pt").read_bytes()
     assert main(argv[:-2] + ["--keep-layers", "0,1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "already holds pruned.pt, manifest.json" in err and "--force" in err
+    assert 'already holds the outputs of a previous "prune" run (manifest.json, pruned.pt, scores.png)' in err
+    assert "pass --force" in err and "force=True" not in err
     assert (out / "pruned.pt").read_bytes() == before
     assert main(argv + ["--force"]) == 0
+
+
+def test_force_removes_only_what_prune_wrote(tiny_ckpts, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["prune", "--upstream", "hubert_local", "--ckpt", str(tiny_ckpts["hubert"]), "--keep-layers", "0", "--out", str(out)]
+    assert main(argv) == 2
+    assert "holds files that \"prune\" did not write (notes.txt)" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
+    assert main(argv + ["--force"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "pruned.pt").is_file()
+
+
+def test_output_folder_and_checkpoint_kind_are_checked_before_loading(tmp_path, capsys):
+    text = tmp_path / "model.txt"
+    text.write_text("not a model\n")
+    occupied = tmp_path / "file"
+    occupied.write_text("x")
+    base = ["prune", "--upstream", "hubert_local", "--keep-layers", "0", "--ckpt", str(text)]
+    assert main(base + ["--out", str(occupied)]) == 2  # the folder is refused before the checkpoint is read
+    err = capsys.readouterr().err
+    assert "--out" in err and "ckpt" not in err.split("error:", 1)[1].split(":", 1)[0]
+    assert main(base + ["--out", str(tmp_path / "out")]) == 2  # a text file as checkpoint: a message, no traceback
+    err = capsys.readouterr().err
+    assert "--ckpt" in err and "not a PyTorch checkpoint: it is a text file" in err and "Traceback" not in err
 
 
 def test_embedded_tiny_hubert_is_a_prune_source_without_ckpt(tmp_path):

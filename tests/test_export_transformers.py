@@ -11,7 +11,7 @@ from s3prl_redundancy.compression import structure as St
 from s3prl_redundancy.compression.export_transformers import build_hf_model, compare_with_s3prl, export
 from s3prl_redundancy.compression.head_pruning import prune_heads
 from s3prl_redundancy.errors import UserInputError
-from s3prl_redundancy.layer_pruning import prune_checkpoint
+from s3prl_redundancy.compression.layers import prune_checkpoint
 from s3prl_redundancy.testing.audio import random_wavs
 from s3prl_redundancy.testing.models import build_checkpoint
 
@@ -109,3 +109,37 @@ def test_export_command(tiny_ckpts, tmp_path, capsys):
     assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "hf")]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "hf"), "--force"]) == 0
+
+
+def test_killed_export_leaves_no_temporary_after_the_next_run(tiny_ckpts, tmp_path):
+    ckpt = prune_checkpoint(load_checkpoint(tiny_ckpts["hubert"]), [0, 2])
+    out = tmp_path / "hf"
+    out.mkdir()
+    stale = out / ".files.tmp999999999-dir"  # what a kill mid-export leaves (no process has that id)
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserInputError, match="did not write"):
+        export(ckpt, out)
+    export(ckpt, out, force=True)
+    assert not stale.exists() and (out / "notes.txt").read_text() == "mine"
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    export(ckpt, out, force=True)  # a second forced export replaces only its own files
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").stat().st_size > 4
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2", "wavlm"])
+def test_config_mapping_reads_both_ways(family, tiny_ckpts):
+    """The family's transformers config mapping is data: s3prl -> transformers -> s3prl gives the same values."""
+    from s3prl_redundancy.compression.export_transformers import hf_config
+    from s3prl_redundancy.families import FAMILIES, conv_layers
+
+    fam = FAMILIES[family]
+    ckpt = load_checkpoint(tiny_ckpts[family])
+    cfg = fam.checkpoint_config(ckpt)
+    back = fam.model_config(fam.s3prl_config_from_hf(hf_config(ckpt).to_dict()))
+    for src, _, kind in fam.hf_config_keys():
+        assert kind(getattr(back, src)) == kind(getattr(cfg, src)), src
+    assert conv_layers(back) == conv_layers(cfg)
+    names = fam.hf_weight_names(cfg, list(fam.weights(ckpt)))
+    assert len({n.hf for n in names}) == len(names) and len({n.s3prl for n in names}) == len(names)

@@ -136,7 +136,7 @@ def test_second_iteration_targets_from_a_checkpoint(tmp_path):
     """--targets-from: k-means on a model's hidden state, aligned with the clips, cached by checkpoint hash."""
     import torch
 
-    from s3prl_redundancy.checkpoints import atomic_torch_save
+    from s3prl_redundancy.io import atomic_torch_save
     from s3prl_redundancy.pretrain.data import load_or_build
     from s3prl_redundancy.pretrain.model import build_model, hubert_local_checkpoint
     from s3prl_redundancy.pretrain.targets import model_layer_features, num_frames

@@ -10,7 +10,7 @@ import yaml
 from s3prl_redundancy.checkpoints import load_checkpoint
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
-from s3prl_redundancy.layer_pruning import META_KEY, prune_checkpoint
+from s3prl_redundancy.compression.layers import META_KEY, prune_checkpoint
 from s3prl_redundancy.testing.audio import random_wavs
 from s3prl_redundancy.upstreams.pruned.hubconf import pruned_hubert, pruned_wav2vec2, pruned_wavlm
 
@@ -154,12 +154,49 @@ def test_wrong_family_and_bad_files(tiny_ckpts, tmp_path):
         pruned_hubert(ckpt=str(tmp_path / "missing.pt"), model_config=str(config))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(UserInputError, match="corrupt or not a PyTorch checkpoint"):
+    with pytest.raises(UserInputError, match="zip archive that is cut short or damaged"):
         pruned_hubert(ckpt=str(corrupt), model_config=str(config))
     with pytest.raises(UserInputError, match=r"model config .*missing.yaml \(-g\) does not exist"):
         pruned_hubert(ckpt=str(tiny_ckpts["hubert"]), model_config=str(tmp_path / "missing.yaml"))
     with pytest.raises(UserInputError, match="no layers were chosen"):
         pruned_hubert(ckpt=str(tiny_ckpts["hubert"]))
+
+
+def _bad_files(tiny_ckpts, tmp_path):
+    """One file of every kind the checkpoint reader must name, with the words its error must contain."""
+    import random
+    import zipfile
+
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes, not a model\n")
+    whole = tiny_ckpts["hubert"].read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    other_zip = tmp_path / "other.zip"
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes([0x01]) + random.Random(0).randbytes(4095))  # not a pickle PROTO byte
+    legacy_noise = tmp_path / "legacy_noise.pt"
+    legacy_noise.write_bytes(b"\x80\x02" + random.Random(1).randbytes(4094))  # starts like a pickle, then garbage
+    return [
+        (text, r"not a PyTorch checkpoint: it is a text file \(starts with 'these are my notes"),
+        (truncated, "zip archive that is cut short or damaged"),
+        (other_zip, r"zip archive of other files \(readme.txt\), not a PyTorch checkpoint"),
+        (noise, r"not a PyTorch checkpoint: it is binary data \(starts with bytes 01 "),
+        (legacy_noise, "corrupt or truncated"),
+        (tiny_ckpts["wav2vec2"], "is a wav2vec2 checkpoint, not hubert"),
+    ]
+
+
+def test_checkpoint_reader_names_each_kind_of_bad_file(tiny_ckpts, tmp_path):
+    from s3prl_redundancy.checkpoints import load_family_checkpoint
+
+    for path, message in _bad_files(tiny_ckpts, tmp_path):
+        with pytest.raises(UserInputError, match=message) as info:
+            load_family_checkpoint(path, expected_family="hubert")
+        assert info.value.argument == "ckpt"
+        assert "holds Python objects" not in str(info.value)
 
 
 def test_pickled_objects_are_never_executed(tmp_path):

@@ -76,7 +76,7 @@ def test_cli_writes_every_file_and_refuses_to_overwrite(tiny_ckpts, audio, tmp_p
 
 
 def _nan_checkpoint(path):
-    from s3prl_redundancy.checkpoints import atomic_torch_save
+    from s3prl_redundancy.io import atomic_torch_save
     from s3prl_redundancy.testing.models import hubert_checkpoint
 
     ckpt = hubert_checkpoint(num_layers=4, seed=0)

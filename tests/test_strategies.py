@@ -24,7 +24,8 @@ from s3prl_redundancy.compression.structure import make_upstream
 from s3prl_redundancy.testing.audio import write_labelled_audio
 from s3prl_redundancy.testing.models import make_identity_layers
 from s3prl_redundancy.errors import UserInputError
-from s3prl_redundancy.layer_pruning import prune_checkpoint
+from s3prl_redundancy.compression.layers import prune_checkpoint
+from s3prl_redundancy.plugins import build_strategy, pruning_strategies
 from s3prl_redundancy.testing.models import build_checkpoint
 
 
@@ -54,7 +55,7 @@ def identity_ckpt(tmp_path_factory):
      ("forward-backward", [5, 1, 4, 2, 3])],
 )
 def test_position_strategies_order_and_nested_plans(name, order):
-    strategy = S.build_strategy(name)
+    strategy = build_strategy(name)
     assert strategy.rank(6).order == order
     previous = set()
     for n in range(1, 6):
@@ -70,7 +71,7 @@ def test_position_strategies_order_and_nested_plans(name, order):
     [(S.Target("drop", 2), 2), (S.Target("keep", 2), 4), (S.Target("ratio", 0.5), 3), (S.Target("ratio", 0.4), 2)],
 )
 def test_target_counts(target, removed):
-    assert len(S.plan_layers(S.build_strategy("backward"), 6, target).remove) == removed
+    assert len(S.plan_layers(build_strategy("backward"), 6, target).remove) == removed
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_target_counts(target, removed):
 )
 def test_targets_that_remove_nothing_or_everything_are_refused(target, message):
     with pytest.raises(UserInputError, match=message):
-        S.plan_layers(S.build_strategy("backward"), 6, target)
+        S.plan_layers(build_strategy("backward"), 6, target)
 
 
 def test_target_parsing():
@@ -100,21 +101,34 @@ def test_target_parsing():
 
 
 def test_explicit_strategy_and_keep_layers_with_another_strategy():
-    plan = S.plan_layers(S.build_strategy("explicit", keep_layers=[0, 3]), 4, S.Target("layers", (0, 3)))
+    plan = S.plan_layers(build_strategy("explicit", keep_layers=[0, 3]), 4, S.Target("layers", (0, 3)))
     assert plan.keep == [0, 3] and plan.remove == [1, 2]
-    with pytest.raises(UserInputError, match="--keep-layers picks the layers itself"):
-        S.plan_layers(S.build_strategy("backward"), 4, S.Target("layers", (0, 3)))
+    with pytest.raises(UserInputError, match="`keep_layers` picks the layers itself"):
+        S.plan_layers(build_strategy("backward"), 4, S.Target("layers", (0, 3)))
     with pytest.raises(UserInputError, match="keeps all 4 layers"):
-        S.plan_layers(S.build_strategy("explicit", keep_layers=[0, 1, 2, 3]), 4, S.Target("layers", (0, 1, 2, 3)))
+        S.plan_layers(build_strategy("explicit", keep_layers=[0, 1, 2, 3]), 4, S.Target("layers", (0, 1, 2, 3)))
+
+
+def test_strategy_lookup_has_one_home_and_no_import_cycle():
+    """``builtin_plugin`` imports the strategies module, so that module must not import the plugin manager."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(S))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.split(".")[-1] in ("plugins", "builtin_plugin")]
+    assert not hasattr(S, "build_strategy") and not hasattr(S, "available_strategies")
+    assert pruning_strategies()["backward"] is S.BackwardStrategy
 
 
 def test_strategies_that_need_data_say_so():
     for name in ("block-influence", "knn-block-influence", "similarity-blocks", "convexity"):
-        with pytest.raises(UserInputError, match="pass --data"):
-            S.plan_layers(S.build_strategy(name), 4, S.Target("drop", 1), None)
+        with pytest.raises(UserInputError, match="pass `data`"):
+            S.plan_layers(build_strategy(name), 4, S.Target("drop", 1), None)
     with pytest.raises(UserInputError, match="unknown strategy 'magic'"):
-        S.build_strategy("magic")
-    assert set(S.BUILTIN_STRATEGIES) <= set(S.available_strategies())
+        build_strategy("magic")
+    assert set(S.BUILTIN_STRATEGIES) <= set(pruning_strategies())
 
 
 # --------------------------------------------------------------------------------------
@@ -138,24 +152,24 @@ def test_parameter_budget_picks_the_fewest_removals_that_fit(tiny_ckpts):
     ckpt = load_checkpoint(tiny_ckpts["hubert"])
     cost = LayerCostModel(ckpt).functions(("parameters",))
     full, per_layer = cost["parameters"]([0, 1, 2, 3]), cost["parameters"]([0]) - cost["parameters"]([])
-    plan = S.plan_layers(S.build_strategy("backward"), 4, S.Target("param_budget", full - per_layer - 1), cost=cost)
+    plan = S.plan_layers(build_strategy("backward"), 4, S.Target("param_budget", full - per_layer - 1), cost=cost)
     assert plan.remove == [3, 2]  # one layer is not enough (1 parameter short), two are
     assert plan.cost["parameters"]["after"] <= full - per_layer - 1 < plan.cost["parameters"]["before"]
-    plan = S.plan_layers(S.build_strategy("backward"), 4, S.Target("param_budget", -0.9), cost=cost)  # 90 %
+    plan = S.plan_layers(build_strategy("backward"), 4, S.Target("param_budget", -0.9), cost=cost)  # 90 %
     assert len(plan.remove) == 1
     with pytest.raises(UserInputError, match="below the front end's own cost"):
-        S.plan_layers(S.build_strategy("backward"), 4, S.Target("param_budget", cost["parameters"]([]) - 1), cost=cost)
+        S.plan_layers(build_strategy("backward"), 4, S.Target("param_budget", cost["parameters"]([]) - 1), cost=cost)
     with pytest.raises(UserInputError, match="removes no layer"):
-        S.plan_layers(S.build_strategy("backward"), 4, S.Target("param_budget", full), cost=cost)
+        S.plan_layers(build_strategy("backward"), 4, S.Target("param_budget", full), cost=cost)
 
 
 def test_latency_budget_uses_the_linear_model():
     fake = {"latency": lambda keep: 1.0 + 0.5 * len(keep)}  # front 1 s, 0.5 s per layer
-    plan = S.plan_layers(S.build_strategy("forward"), 6, S.Target("latency_budget", 2.6), cost=fake)
+    plan = S.plan_layers(build_strategy("forward"), 6, S.Target("latency_budget", 2.6), cost=fake)
     assert plan.remove == [1, 2, 3]  # 3 layers left: 2.5 s
     with pytest.raises(UserInputError, match=r"below the front end's own cost \(1s"):
-        S.plan_layers(S.build_strategy("forward"), 6, S.Target("latency_budget", 0.9), cost=fake)
-    relative = S.plan_layers(S.build_strategy("forward"), 6, S.Target("latency_budget", -0.75), cost=fake)  # 3 s
+        S.plan_layers(build_strategy("forward"), 6, S.Target("latency_budget", 0.9), cost=fake)
+    relative = S.plan_layers(build_strategy("forward"), 6, S.Target("latency_budget", -0.75), cost=fake)  # 3 s
     assert relative.remove == [1, 2]
 
 
@@ -230,7 +244,7 @@ def test_block_influence_matches_per_utterance_reference(identity_ckpt, labelled
 @pytest.mark.parametrize("name", ["block-influence", "knn-block-influence", "similarity-blocks"])
 def test_identity_layers_are_removed_first(name, identity_ckpt, labelled):
     ckpt, _ = identity_ckpt
-    strategy = S.build_strategy(name)
+    strategy = build_strategy(name)
     stats = collect_statistics(make_upstream(ckpt), AudioDataset.from_data(labelled[0]), strategy.needs, batch_size=4)
     plan = S.plan_layers(strategy, 5, S.Target("drop", 2), stats)
     assert sorted(plan.remove) == [2, 4], plan.to_dict()
@@ -242,10 +256,10 @@ def test_similarity_blocks_keeps_one_representative_per_block():
         s[first : last + 1, first : last + 1] = 0.95
     np.fill_diagonal(s, 1.0)
     stats = LayerStatistics(num_layers=6, utterance_ids=[], frames=0, similarity=s, similarity_metric="cka")
-    plan = S.plan_layers(S.build_strategy("similarity-blocks"), 6, S.Target("default"), stats)
+    plan = S.plan_layers(build_strategy("similarity-blocks"), 6, S.Target("default"), stats)
     assert plan.remove == [5, 3, 2] and plan.keep == [0, 1, 4]
     assert plan.ranking.details["blocks"]["blocks"] == [[0, 1], [2, 4], [5, 6]]
-    two = S.plan_layers(S.build_strategy("similarity-blocks", per_block=2), 6, S.Target("default"), stats)
+    two = S.plan_layers(build_strategy("similarity-blocks", per_block=2), 6, S.Target("default"), stats)
     assert two.remove == [3]  # block 1 keeps layers 1, 2; block 2 (layers 4, 5) keeps both
 
 
@@ -255,13 +269,13 @@ def test_convexity_strategy_removes_layers_after_the_peak():
     offsets = [0.0, 0.5, 40.0, 40.0, 1.0]  # states 2 and 3 separate the classes perfectly; state 4 mixes them
     pooled = np.stack([rng.standard_normal((30, 3)) + np.where(labels == "a", 0, o)[:, None] for o in offsets], axis=1)
     stats = LayerStatistics(num_layers=4, utterance_ids=[], frames=0, pooled=pooled, labels=labels.tolist())
-    plan = S.plan_layers(S.build_strategy("convexity"), 4, S.Target("default"), stats)
+    plan = S.plan_layers(build_strategy("convexity"), 4, S.Target("default"), stats)
     assert plan.ranking.details["peak_state"] == 2 and plan.remove == [3, 2] and plan.keep == [0, 1]
-    least = S.plan_layers(S.build_strategy("convexity", mode="least-added"), 4, S.Target("drop", 1), stats)
+    least = S.plan_layers(build_strategy("convexity", mode="least-added"), 4, S.Target("drop", 1), stats)
     assert least.remove == [3]  # layer 3 (state 3 -> 4) loses the most convexity
     stats.labels = None
     with pytest.raises(UserInputError, match="needs class labels"):
-        S.plan_layers(S.build_strategy("convexity"), 4, S.Target("default"), stats)
+        S.plan_layers(build_strategy("convexity"), 4, S.Target("default"), stats)
 
 
 # --------------------------------------------------------------------------------------
@@ -280,11 +294,11 @@ def test_labels_that_do_not_match_the_audio(labelled, tmp_path):
     dataset = AudioDataset.from_data(folder)
     partial = tmp_path / "partial.csv"
     partial.write_text("path,label\n" + "".join(f"{p.relative_to(folder)},{l}\n" for p, l in list(zip(info["files"], info["labels"]))[:-2]))
-    with pytest.raises(UserInputError, match="2 of 12 audio files in --data have no label"):
+    with pytest.raises(UserInputError, match="2 of 12 audio files in `data` have no label"):
         load_labels(dataset, partial)
     other = tmp_path / "other.csv"
     other.write_text("path,label\nnowhere/x.wav,a\n")
-    with pytest.raises(UserInputError, match="do not exist under --data"):
+    with pytest.raises(UserInputError, match="do not exist under `data`"):
         load_labels(dataset, other)
     one = tmp_path / "one.csv"
     one.write_text("".join(f"{p},{'same'}\n" for p in info["files"]))

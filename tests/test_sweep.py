@@ -105,7 +105,7 @@ def test_sweep_errors(tiny_ckpts, labelled):
     ckpt = load_checkpoint(tiny_ckpts["hubert"])
     with pytest.raises(UserInputError, match="no ranking to sweep"):
         run_sweep(ckpt, ["explicit"], dataset, labels, max_drop=1)
-    with pytest.raises(UserInputError, match="--max-drop must be between 1 and 3"):
+    with pytest.raises(UserInputError, match="`max_drop` must be between 1 and 3"):
         run_sweep(ckpt, ["backward"], dataset, labels, max_drop=4)
     with pytest.raises(UserInputError, match="11 labels for 12 audio files"):
         run_sweep(ckpt, ["backward"], dataset, labels[:-1], max_drop=1)

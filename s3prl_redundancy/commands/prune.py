@@ -14,14 +14,17 @@ from __future__ import annotations
 import json
 import sys
 
+# Python argument names in library errors -> this command's flags (the rest are --name-with-dashes)
+FLAGS = {"out_dir": "--out", "similarity_metric": "--similarity"}
+
 
 def add_arguments(parser):
-    from s3prl_redundancy.compression.strategies import BUILTIN_STRATEGIES
+    from s3prl_redundancy.compression.strategies import BUILTIN_STRATEGIES  # the help lists built-ins: no plugin import here
 
     parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local, or tiny_hubert (the embedded model)")
     parser.add_argument("--ckpt", help="source checkpoint (s3prl local format); default: s3prl's default weights for the family")
     parser.add_argument("--out", required=True, help="output folder (pruned.pt, manifest.json, scores.png)")
-    parser.add_argument("--force", action="store_true", help="overwrite pruned.pt / manifest.json / scores.png already in --out")
+    parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run of this command in --out (only those; other files are kept)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what the techniques would remove); write nothing")
 
     g = parser.add_argument_group("layer selection")
@@ -90,18 +93,15 @@ def _print_plan(plan, out=None) -> None:
         print(f"  layer {l:>3}  {score:>10}  {mark:<10}  {r.reasons.get(l, '')}", file=out)
 
 
-def run(args) -> int:
-    from s3prl_redundancy.upstreams.pruned.expert import resolve_source
-
-    from ..checkpoints import load_family_checkpoint
-    from ..compression.compress import (TechniqueOptions, build_manifest, check_output_dir, compress, measure_costs,
-                                        parse_techniques, write_output)
-    from ..compression.strategies import Target, build_strategy, plan_layers
+def _choose(args):
+    """Validate every option before heavy work: ``(family, target, strategy or None, techniques)``."""
+    from ..compression.compress import TechniqueOptions, parse_techniques
+    from ..compression.strategies import Target
     from ..errors import UserInputError
-    from ..families import embedded_checkpoint, family_for_upstream
+    from ..families import family_for_upstream
+    from ..plugins import build_strategy
 
     family = family_for_upstream(args.upstream)
-    args.ckpt = args.ckpt or embedded_checkpoint(args.upstream)
     target = Target.from_options(args.drop, args.keep, args.ratio, args.keep_layers, args.param_budget, args.latency_budget)
     name = args.strategy or ("explicit" if target.kind == "layers" else None)
     techniques = TechniqueOptions(parse_techniques(args.technique), args.heads_drop, args.heads_ratio, args.head_importance,
@@ -126,63 +126,67 @@ def run(args) -> int:
         raise UserInputError("--bridge linear is fitted on audio: pass --data DIR")
     if args.bridge and strategy is None:
         raise UserInputError("--bridge replaces removed layers: it needs --strategy (or --keep-layers)")
-    if not args.dry_run:
-        check_output_dir(args.out, args.force)
+    return family, target, strategy, techniques
 
-    source = resolve_source(family.name, args.ckpt)
-    fam, ckpt = load_family_checkpoint(source, expected_family=family.name)
-    origin = args.ckpt or family.default_url
 
-    dataset = labels = None
-    if args.data:
-        from ..audio import AudioDataset
-        from ..compression.statistics import load_labels
+def _load_data(args, strategy):
+    """``(dataset, labels)`` from ``--data`` / ``--labels`` (None where not given or not needed)."""
+    from ..errors import UserInputError
 
-        dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
-        if args.labels or (strategy is not None and strategy.needs_labels):
-            labels = load_labels(dataset, args.labels)
-    elif args.labels:
-        raise UserInputError("--labels labels the audio of --data; pass --data too")
+    if not args.data:
+        if args.labels:
+            raise UserInputError("--labels labels the audio of --data; pass --data too")
+        return None, None
+    from ..audio import AudioDataset
+    from ..compression.statistics import load_labels
 
-    plan = stats = None
-    if strategy is not None:
-        num_layers = fam.num_layers(ckpt)
-        if strategy.needs:
-            from ..compression.statistics import collect_statistics
-            from ..compression.structure import make_upstream
+    dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
+    labels = None
+    if args.labels or (strategy is not None and strategy.needs_labels):
+        labels = load_labels(dataset, args.labels)
+    return dataset, labels
 
-            stats = collect_statistics(make_upstream(ckpt), dataset, strategy.needs, batch_size=args.batch_size,
-                                       knn_k=args.knn_k, knn_frames=args.knn_frames, similarity_metric=args.similarity,
-                                       seed=args.seed, progress=args.progress)
-            stats.labels = labels
-        cost = None
-        if target.kind in ("param_budget", "latency_budget"):
-            from ..compression.cost import LayerCostModel
 
-            model = LayerCostModel(ckpt, latency_seconds=args.latency_seconds, repeats=args.latency_repeats)
-            cost = model.functions(("parameters",) if target.kind == "param_budget" else ("parameters", "latency"))
-        plan = plan_layers(strategy, num_layers, target, stats, cost)
+def _plan(args, strategy, target, fam, ckpt, dataset, labels):
+    """``(plan, statistics)``: the layers ``strategy`` removes for ``target`` (statistics where it needs them)."""
+    from ..compression.strategies import plan_layers
 
-    fit_data = holdout = None
-    if args.bridge:
-        from ..compression.bridges import split_dataset
+    stats = None
+    if strategy.needs:
+        from ..compression.statistics import collect_statistics
+        from ..compression.structure import make_upstream
 
-        fit_data, holdout = (split_dataset(dataset, args.bridge_holdout, args.seed) if args.bridge_holdout > 0 else (dataset, None))
-    result = compress(ckpt, source=origin, plan=plan, bridge=args.bridge, bridge_ridge=args.bridge_ridge,
-                      bridge_data=fit_data, bridge_holdout_data=holdout, techniques=techniques, data=dataset,
-                      batch_size=args.batch_size, progress=args.progress)
+        stats = collect_statistics(make_upstream(ckpt), dataset, strategy.needs, batch_size=args.batch_size,
+                                   knn_k=args.knn_k, knn_frames=args.knn_frames, similarity_metric=args.similarity,
+                                   seed=args.seed, progress=args.progress)
+        stats.labels = labels
+    cost = None
+    if target.kind in ("param_budget", "latency_budget"):
+        from ..compression.cost import LayerCostModel
+
+        model = LayerCostModel(ckpt, latency_seconds=args.latency_seconds, repeats=args.latency_repeats)
+        cost = model.functions(("parameters",) if target.kind == "param_budget" else ("parameters", "latency"))
+    return plan_layers(strategy, fam.num_layers(ckpt), target, stats, cost), stats
+
+
+def _print_dry_run(args, plan, result) -> None:
+    from ..compression.compress import build_manifest
+
     meta = result.checkpoint["s3prl_redundancy"]
-    if args.dry_run:
-        if plan is not None:
-            _print_plan(plan)
-        summary = build_manifest(result)
-        for key in ("heads", "lowrank", "magnitude", "bridges"):
-            if key in summary:
-                print(f"{key}: {json.dumps(summary[key])[:2000]}")
-        print(f"dry run: nothing written (would write {args.out}/pruned.pt, manifest.json, scores.png)")
-        print(json.dumps({"dry_run": True, "keep_layers": meta["keep_layers"], "removed_layers": meta["removed_layers"],
-                          "parameters": [meta["parameters_before"]["total"], meta["parameters_after"]["total"]]}))
-        return 0
+    if plan is not None:
+        _print_plan(plan)
+    summary = build_manifest(result)
+    for key in ("heads", "lowrank", "magnitude", "bridges"):
+        if key in summary:
+            print(f"{key}: {json.dumps(summary[key])[:2000]}")
+    print(f"dry run: nothing written (would write {args.out}/pruned.pt, manifest.json, scores.png)")
+    print(json.dumps({"dry_run": True, "keep_layers": meta["keep_layers"], "removed_layers": meta["removed_layers"],
+                      "parameters": [meta["parameters_before"]["total"], meta["parameters_after"]["total"]]}))
+
+
+def _extra_manifest(args, ckpt, result, plan, stats, dataset, labels) -> dict:
+    """What the manifest records beyond the compression itself: costs, budget model, statistics, data."""
+    from ..compression.compress import measure_costs
 
     extra = {"cost": measure_costs(ckpt, result.checkpoint, seconds=args.cost_seconds, latency=not args.no_latency,
                                    latency_seconds=args.latency_seconds, repeats=args.latency_repeats)}
@@ -193,7 +197,38 @@ def run(args) -> int:
     if dataset is not None:
         extra["data"] = {"path": str(args.data), "utterances": len(dataset), "labels": args.labels,
                          "classes": sorted(set(labels)) if labels else None}
-    path = write_output(result, args.out, force=args.force, extra_manifest=extra)
+    return extra
+
+
+def run(args) -> int:
+    from s3prl_redundancy.upstreams.pruned.expert import resolve_source
+
+    from ..checkpoints import load_family_checkpoint
+    from ..compression.compress import compress, output_dir, write_output
+    from ..families import embedded_checkpoint
+
+    args.ckpt = args.ckpt or embedded_checkpoint(args.upstream)
+    family, target, strategy, techniques = _choose(args)
+    out = None if args.dry_run else output_dir(args.out, args.force, command="prune")
+    source = resolve_source(family.name, args.ckpt)
+    fam, ckpt = load_family_checkpoint(source, expected_family=family.name)
+    dataset, labels = _load_data(args, strategy)
+    plan = stats = None
+    if strategy is not None:
+        plan, stats = _plan(args, strategy, target, fam, ckpt, dataset, labels)
+    fit_data = holdout = None
+    if args.bridge:
+        from ..compression.bridges import split_dataset
+
+        fit_data, holdout = (split_dataset(dataset, args.bridge_holdout, args.seed) if args.bridge_holdout > 0 else (dataset, None))
+    result = compress(ckpt, source=args.ckpt or family.default_url, plan=plan, bridge=args.bridge,
+                      bridge_ridge=args.bridge_ridge, bridge_data=fit_data, bridge_holdout_data=holdout,
+                      techniques=techniques, data=dataset, batch_size=args.batch_size, progress=args.progress)
+    if args.dry_run:
+        _print_dry_run(args, plan, result)
+        return 0
+    path = write_output(result, out, extra_manifest=_extra_manifest(args, ckpt, result, plan, stats, dataset, labels))
+    meta = result.checkpoint["s3prl_redundancy"]
     before, after = meta["parameters_before"]["total"], meta["parameters_after"]["total"]
     print(json.dumps({"checkpoint": str(path), "keep_layers": meta["keep_layers"], "removed_layers": meta["removed_layers"],
                       "parameters": [before, after], "manifest": str(path.parent / "manifest.json")}))

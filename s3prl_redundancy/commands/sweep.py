@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 
+# Python argument names in library errors -> this command's flags (the rest are --name-with-dashes)
+FLAGS = {"out_dir": "--out", "similarity_metric": "--similarity"}
+
 
 def add_arguments(parser):
     parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local")
@@ -18,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--labels", help="CSV with rows path,label")
     parser.add_argument("--max-drop", type=int, required=True, help="evaluate 0..N layers removed")
     parser.add_argument("--out", required=True, help="output folder (sweep.csv, sweep.png, sweep.json)")
-    parser.add_argument("--force", action="store_true", help="overwrite sweep.csv / sweep.png / sweep.json already in --out")
+    parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run of this command in --out (only those; other files are kept)")
     parser.add_argument("--probe-features", choices=("mean", "last"), default="mean",
                         help="probe on the mean of all hidden states (default) or the last one")
     parser.add_argument("--test-fraction", type=float, default=0.3, help="held-out fraction for the probe (stratified)")
@@ -44,7 +47,7 @@ def run(args) -> int:
     from ..checkpoints import load_family_checkpoint
     from ..compression.statistics import load_labels
     from ..compression.sweep import OUTPUT_NAMES, run_sweep, write_sweep
-    from ..compression.compress import check_output_dir
+    from ..compression.compress import output_dir
     from ..errors import UserInputError
     from ..families import embedded_checkpoint, family_for_upstream
 
@@ -52,8 +55,8 @@ def run(args) -> int:
     args.ckpt = args.ckpt or embedded_checkpoint(args.upstream)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not strategies:
-        raise UserInputError("--strategies is empty; give e.g. backward,block-influence")
-    check_output_dir(args.out, args.force, OUTPUT_NAMES)
+        raise UserInputError("`strategies` is empty; give e.g. backward,block-influence")
+    out = output_dir(args.out, args.force, command="sweep", names=OUTPUT_NAMES)
     dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
     labels = load_labels(dataset, args.labels)
     source = resolve_source(family.name, args.ckpt)
@@ -65,6 +68,6 @@ def run(args) -> int:
         bridge_ridge=args.bridge_ridge, batch_size=args.batch_size, knn_k=args.knn_k, knn_frames=args.knn_frames,
         similarity_metric=args.similarity, seed=args.seed, progress=args.progress,
     )
-    path = write_sweep(result, args.out, force=args.force)
+    path = write_sweep(result, out)
     print(json.dumps({"csv": str(path), "rows": len(result.rows), "evaluations": result.options["evaluations"]}))
     return 0

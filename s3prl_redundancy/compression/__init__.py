@@ -2,6 +2,8 @@
 
 Submodules (import the one you need; nothing heavy happens at package import):
 
+* :mod:`.layers` -- removing transformer layers from a local checkpoint (renumbered, loadable by s3prl's
+  unchanged ``<family>_local`` entry);
 * :mod:`.strategies` -- layer-selection strategies behind one interface, targets (``--drop``/``--keep``/
   ``--ratio``/budgets) and the resulting :class:`~.strategies.LayerPlan`;
 * :mod:`.statistics` -- the one forward pass over ``--data`` that strategies, head importance and

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
+from ..families import FAMILIES
 
 DEFAULT_RIDGE = 1e-4
 
@@ -77,9 +78,9 @@ class MomentStatistics:
     def fit(self, ridge: float = DEFAULT_RIDGE) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         """``(W, c, info)`` with ``W`` ``(dim_out, dim_in)``; float64."""
         if self.n < 2:
-            raise UserInputError(f"a bridge needs at least 2 frames of --data, got {self.n}")
+            raise UserInputError(f"a bridge needs at least 2 frames of `data`, got {self.n}")
         if ridge < 0:
-            raise UserInputError(f"--bridge-ridge must be >= 0, got {ridge}")
+            raise UserInputError(f"`bridge_ridge` must be >= 0, got {ridge}")
         mx, my = self.sum_x / self.n, self.sum_y / self.n
         cxx = self.xtx / self.n - torch.outer(mx, mx)
         cxy = self.xty / self.n - torch.outer(mx, my)
@@ -90,7 +91,7 @@ class MomentStatistics:
         except RuntimeError:
             raise UserInputError(
                 "the bridge's least-squares system is singular (too few distinct frames for the width); add audio to "
-                "--data or use a positive --bridge-ridge"
+                "`data` or use a positive `bridge_ridge`"
             ) from None
         w = w_t.T.contiguous()
         c = my - w @ mx
@@ -150,7 +151,7 @@ def insert_bridges(model, family: str, keep: Sequence[int], num_layers: int,
         fit = bridges[(first, last)]
         ref = next(iter(model.parameters()))
         ids = list(range(first, last + 1)) if source_ids is None else [source_ids[p] for p in range(first, last + 1)]
-        bridge = LinearBridge(fit["weight"].shape[1], family == "wavlm", replaces=ids)
+        bridge = LinearBridge(fit["weight"].shape[1], FAMILIES[family].position_bias, replaces=ids)
         bridge.linear.weight.data = fit["weight"].to(ref.dtype)
         bridge.linear.bias.data = fit["bias"].to(ref.dtype)
         new.append(bridge)
@@ -196,13 +197,13 @@ def split_dataset(dataset, holdout: float, seed: int = 0):
     from ..audio import AudioDataset
 
     if not 0.0 < holdout < 1.0:
-        raise UserInputError(f"--bridge-holdout must be strictly between 0 and 1, got {holdout}")
+        raise UserInputError(f"`bridge_holdout` must be strictly between 0 and 1, got {holdout}")
     n = len(dataset)
     n_out = int(round(holdout * n))
     if n_out < 1 or n - n_out < 1:
         raise UserInputError(
-            f"--data has {n} utterance(s): too few to hold out a fraction {holdout} for measuring the bridge "
-            "(need at least one for fitting and one held out); add audio or change --bridge-holdout"
+            f"`data` has {n} utterance(s): too few to hold out a fraction {holdout} for measuring the bridge "
+            "(need at least one for fitting and one held out); add audio or change `bridge_holdout`"
         )
     order = np.random.default_rng(seed).permutation(n)
     files = list(dataset.files)

@@ -3,7 +3,7 @@
 Every other module (``distill.report``, ``superb.cost``, ``compress``, the benchmarks) uses these helpers:
 
 * **Parameters**: :func:`parameter_counts` of a state dict: ``total`` counts every tensor (as
-  ``layer_pruning.count_parameters``); ``inference`` only those on the path of s3prl's forward
+  ``layers.count_parameters``); ``inference`` only those on the path of s3prl's forward
   (``feature_extractor``, ``layer_norm``, ``post_extract_proj``, ``encoder``), leaving out pre-training heads
   (quantiser, ``final_proj``, label embeddings, ``mask_emb``); ``nonzero`` counts the inference parameters
   that are not exactly 0. :func:`count_module_parameters` counts the parameters of a live module.
@@ -195,7 +195,7 @@ class LayerCostModel:
 
     def latency_model(self) -> Dict[str, float]:
         if self._latency is None:
-            from ..layer_pruning import prune_checkpoint
+            from .layers import prune_checkpoint
             from .structure import make_upstream
 
             wav = reference_waveform(self.latency_seconds)

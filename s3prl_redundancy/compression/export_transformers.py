@@ -35,10 +35,7 @@ bias, and position convolutions of depth > 1.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -46,62 +43,21 @@ from ..errors import UserInputError
 from ..families import FAMILIES
 from .structure import META_KEY, family_of, model_config, structure_of
 
-HF_CLASSES = {"hubert": ("HubertConfig", "HubertModel"), "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
-              "wavlm": ("WavLMConfig", "WavLMModel")}
-
-
 def hf_config(ckpt: Mapping[str, Any]):
     """The ``transformers`` config of an s3prl local checkpoint."""
     import transformers
 
-    family = family_of(ckpt)
+    family = FAMILIES[family_of(ckpt)]
     cfg = model_config(ckpt)
-    if getattr(cfg, "layer_type", "transformer") != "transformer":
-        raise UserInputError(f"layer_type {cfg.layer_type!r} has no transformers equivalent here")
-    if int(getattr(cfg, "pos_conv_depth", 1)) != 1:
-        raise UserInputError("position convolutions of depth > 1 (data2vec 2.0 style) have no transformers equivalent")
-    if cfg.activation_fn not in ("gelu", "relu", "gelu_accurate"):
-        raise UserInputError(f"activation {cfg.activation_fn!r} is not exportable")
-    if family == "wavlm" and not (getattr(cfg, "relative_position_embedding", False) and getattr(cfg, "gru_rel_pos", False)):
-        raise UserInputError("transformers' WavLM always uses gated relative position bias; this WavLM config has "
-                             "relative_position_embedding/gru_rel_pos off, so it cannot be exported exactly")
-    conv = eval(cfg.conv_feature_layers)  # noqa: S307 - the same string s3prl evaluates to build the model
-    mode = str(cfg.extractor_mode)
-    kwargs = dict(
-        hidden_size=int(cfg.encoder_embed_dim), num_hidden_layers=int(cfg.encoder_layers),
-        num_attention_heads=int(cfg.encoder_attention_heads), intermediate_size=int(cfg.encoder_ffn_embed_dim),
-        hidden_act={"gelu_accurate": "gelu_new"}.get(cfg.activation_fn, cfg.activation_fn),
-        hidden_dropout=float(cfg.dropout), attention_dropout=float(cfg.attention_dropout),
-        activation_dropout=float(cfg.activation_dropout), feat_proj_dropout=float(getattr(cfg, "dropout_input", 0.0)),
-        layerdrop=float(cfg.encoder_layerdrop), layer_norm_eps=1e-5,
-        feat_extract_norm="group" if mode == "default" else "layer", feat_extract_activation="gelu",
-        conv_dim=[c[0] for c in conv], conv_kernel=[c[1] for c in conv], conv_stride=[c[2] for c in conv],
-        conv_bias=bool(cfg.conv_bias), num_conv_pos_embeddings=int(cfg.conv_pos),
-        num_conv_pos_embedding_groups=int(cfg.conv_pos_groups), do_stable_layer_norm=bool(cfg.layer_norm_first),
-        architectures=[HF_CLASSES[family][1]],
-    )
-    if family == "hubert":
-        kwargs["feat_proj_layer_norm"] = True
-    if family == "wavlm":
-        kwargs.update(num_buckets=int(cfg.num_buckets), max_bucket_distance=int(cfg.max_distance))
-    return getattr(transformers, HF_CLASSES[family][0])(**kwargs)
-
-
-def _layer_map(family: str) -> List[Tuple[str, str]]:
-    pairs = [(f"self_attn.{p}", f"attention.{p}") for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
-    pairs += [("self_attn_layer_norm", "layer_norm"), ("final_layer_norm", "final_layer_norm"),
-              ("fc1", "feed_forward.intermediate_dense"), ("fc2", "feed_forward.output_dense")]
-    if family == "wavlm":
-        pairs += [("self_attn.grep_linear", "attention.gru_rel_pos_linear"),
-                  ("self_attn.relative_attention_bias", "attention.rel_attn_embed")]
-    return pairs
+    family.check_hf_exportable(cfg)
+    return getattr(transformers, family.hf_config_class)(**family.hf_config_kwargs(cfg))
 
 
 def map_weights(ckpt: Mapping[str, Any], hf_keys: Mapping[str, torch.Size]) -> Dict[str, torch.Tensor]:
     """The ``transformers`` state dict for an s3prl checkpoint (``hf_keys``: the target's names and shapes)."""
-    family = family_of(ckpt)
+    family = FAMILIES[family_of(ckpt)]
     cfg = model_config(ckpt)
-    w = FAMILIES[family].weights(ckpt)
+    w = family.weights(ckpt)
     out: Dict[str, torch.Tensor] = {}
     used = set()
 
@@ -111,23 +67,10 @@ def map_weights(ckpt: Mapping[str, Any], hf_keys: Mapping[str, torch.Size]) -> D
         out[dst] = w[src]
         used.add(src)
 
-    conv = eval(cfg.conv_feature_layers)  # noqa: S307
-    for i in range(len(conv)):
-        take(f"feature_extractor.conv_layers.{i}.0.weight", f"feature_extractor.conv_layers.{i}.conv.weight")
-        if cfg.conv_bias:
-            take(f"feature_extractor.conv_layers.{i}.0.bias", f"feature_extractor.conv_layers.{i}.conv.bias")
-        norm = {"default": f"feature_extractor.conv_layers.{i}.2" if i == 0 else None,
-                "layer_norm": f"feature_extractor.conv_layers.{i}.2.1"}[str(cfg.extractor_mode)]
-        if norm is not None:
-            for p in ("weight", "bias"):
-                take(f"{norm}.{p}", f"feature_extractor.conv_layers.{i}.layer_norm.{p}")
-    for p in ("weight", "bias"):
-        take(f"layer_norm.{p}", f"feature_projection.layer_norm.{p}")
-        take(f"encoder.layer_norm.{p}", f"encoder.layer_norm.{p}")
-    if "post_extract_proj.weight" in w:
-        take("post_extract_proj.weight", "feature_projection.projection.weight")
-        take("post_extract_proj.bias", "feature_projection.projection.bias")
-    else:  # s3prl applies no projection when the conv width equals the model width
+    for name in family.hf_weight_names(cfg, list(w)):
+        if name.required or name.s3prl in w:
+            take(name.s3prl, name.hf)
+    if "post_extract_proj.weight" not in w:  # s3prl applies no projection when the conv width equals the model width
         dim = int(cfg.encoder_embed_dim)
         out["feature_projection.projection.weight"] = torch.eye(dim)
         out["feature_projection.projection.bias"] = torch.zeros(dim)
@@ -137,16 +80,6 @@ def map_weights(ckpt: Mapping[str, Any], hf_keys: Mapping[str, torch.Size]) -> D
                       else ("encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.weight_v"))
     take("encoder.pos_conv.0.weight_g", g_name)
     take("encoder.pos_conv.0.weight_v", v_name)
-    take("encoder.pos_conv.0.bias", "encoder.pos_conv_embed.conv.bias")
-    take("mask_emb", "masked_spec_embed")
-    for i in range(int(cfg.encoder_layers)):
-        for src, dst in _layer_map(family):
-            for p in ("weight", "bias"):
-                key = f"encoder.layers.{i}.{src}.{p}"
-                if key in w:
-                    take(key, f"encoder.layers.{i}.{dst}.{p}")
-        if family == "wavlm":
-            take(f"encoder.layers.{i}.self_attn.grep_a", f"encoder.layers.{i}.attention.gru_rel_pos_const")
     missing = sorted(set(hf_keys) - set(out))
     extra = sorted(set(out) - set(hf_keys))
     unused = sorted(k for k in w if k.startswith(("feature_extractor.", "layer_norm.", "post_extract_proj.", "encoder.")) and k not in used)
@@ -171,7 +104,7 @@ def build_hf_model(ckpt: Mapping[str, Any]):
             f"-u compressed_{family} instead"
         )
     config = hf_config(ckpt)
-    model = getattr(transformers, HF_CLASSES[family][1])(config).eval()
+    model = getattr(transformers, FAMILIES[family].hf_model_class)(config).eval()
     target = {k: v.shape for k, v in model.state_dict().items()}
     model.load_state_dict(map_weights(ckpt, target), strict=True)
     return model
@@ -194,7 +127,7 @@ def compare_with_s3prl(ckpt: Mapping[str, Any], hf_model, wavs: Optional[List[to
         g = torch.Generator().manual_seed(0)
         wavs = [torch.randn(n, generator=g) * 0.1 for n in (16000, 23456)]
     expert = make_upstream(ckpt)
-    normalize = bool(model_config(ckpt).normalize) if family == "wavlm" else bool(ckpt["task_cfg"].get("normalize", False))
+    normalize = FAMILIES[family].normalizes_waveform(ckpt)
     worst, per_state = 0.0, None
     with torch.inference_mode():
         for wav in wavs:
@@ -213,44 +146,38 @@ def compare_with_s3prl(ckpt: Mapping[str, Any], hf_model, wavs: Optional[List[to
             "input_normalized": normalize}
 
 
+EXPORT_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "s3prl_redundancy_export.json")
+
+
 def export(ckpt: Mapping[str, Any], out_dir, force: bool = False, atol: float = 1e-4) -> Dict[str, Any]:
-    """Write the ``transformers`` model (``save_pretrained``) and its feature-extractor config into ``out_dir``,
-    after checking the reloaded folder against s3prl. Atomic: a temporary folder is filled and checked,
-    then its files are moved in."""
+    """Write the ``transformers`` model (``save_pretrained``) and its feature-extractor config into ``out_dir``
+    (a path or a checked :class:`~s3prl_redundancy.io.OutputDir` of the command ``export``), after checking
+    the reloaded folder against s3prl. Atomic: a temporary folder inside ``out_dir`` is filled and checked,
+    then its files are moved in (:func:`~s3prl_redundancy.io.atomic_files`)."""
     import transformers
 
+    from ..io import atomic_files, atomic_write_text
+    from .compress import output_dir
+
     transformers.utils.logging.disable_progress_bar()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file, not a folder; give a folder path")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserInputError(f"--out {out} is not empty; choose another folder or pass --force")
-    family = family_of(ckpt)
+    out = output_dir(out_dir, force, command="export", names=EXPORT_NAMES)
+    family = FAMILIES[family_of(ckpt)]
     model = build_hf_model(ckpt)
-    cfg = model_config(ckpt)
-    normalize = bool(cfg.normalize) if family == "wavlm" else bool(ckpt["task_cfg"].get("normalize", False))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.export-tmp{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    normalize = family.normalizes_waveform(ckpt)
+    out.prepare()
+    with atomic_files(out.path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=normalize,
                                               return_attention_mask=model.config.feat_extract_norm == "layer").save_pretrained(tmp)
-        reloaded = getattr(transformers, HF_CLASSES[family][1]).from_pretrained(tmp, local_files_only=True).eval()
+        reloaded = getattr(transformers, family.hf_model_class).from_pretrained(tmp, local_files_only=True).eval()
         check = compare_with_s3prl(ckpt, reloaded)
         if not check["max_abs_diff"] <= atol:
             raise UserInputError(f"export check failed: the transformers model differs from s3prl by {check['max_abs_diff']:.3g} "
-                                 f"(tolerance {atol}); nothing written")
+                                 f"(tolerance `atol={atol}`); nothing written")
         meta = dict(ckpt.get(META_KEY) or {})
-        report = {"family": family, "transformers_class": HF_CLASSES[family][1], "num_hidden_layers": model.config.num_hidden_layers,
-                  "keep_layers": meta.get("keep_layers"), "source": meta.get("source"), "check": check,
-                  "transformers_version": transformers.__version__}
-        (tmp / "s3prl_redundancy_export.json").write_text(json.dumps(report, indent=2) + "\n")
-        out.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        report = {"family": family.name, "transformers_class": family.hf_model_class,
+                  "num_hidden_layers": model.config.num_hidden_layers, "keep_layers": meta.get("keep_layers"),
+                  "source": meta.get("source"), "check": check, "transformers_version": transformers.__version__}
+        atomic_write_text(tmp / "s3prl_redundancy_export.json", json.dumps(report, indent=2) + "\n")
+        out.record(*(entry.name for entry in tmp.iterdir()))
     return report

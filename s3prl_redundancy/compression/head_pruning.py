@@ -83,7 +83,7 @@ def output_norm_importance(upstream, family: str, dataset, batch_size: int = 4, 
     for pos, rec in records.items():
         frames = float(rec["frames"])
         if frames <= 0:
-            raise UserInputError("--data gave no frames to measure head importance on")
+            raise UserInputError("`data` gave no frames to measure head importance on")
         out[pos] = {h: float(rec["norm_sum"][i]) / frames for i, h in enumerate(attns[pos].head_ids)}
     return out
 
@@ -98,14 +98,14 @@ def select_heads(
     importance, keeping ``min_per_layer`` per layer. Returns ``keep`` ``{position: [head ids]}``, ``removed``
     ``[(position, head, normalised score)]`` in removal order and ``normalised`` scores."""
     if (drop is None) == (ratio is None):
-        raise UserInputError("head pruning needs exactly one of --heads-drop N or --heads-ratio R")
+        raise UserInputError("head pruning needs exactly one of `heads_drop` N or `heads_ratio` R")
     total = sum(len(v) for v in importance.values())
     if ratio is not None:
         if not 0.0 < ratio < 1.0:
-            raise UserInputError(f"--heads-ratio is the fraction of heads to remove, strictly between 0 and 1; got {ratio}")
+            raise UserInputError(f"`heads_ratio` is the fraction of heads to remove, strictly between 0 and 1; got {ratio}")
         drop = int(round(ratio * total))
     if min_per_layer < 1:
-        raise UserInputError(f"--min-heads-per-layer must be at least 1, got {min_per_layer}")
+        raise UserInputError(f"`min_heads_per_layer` must be at least 1, got {min_per_layer}")
     removable = total - min_per_layer * len(importance)
     if drop is None or drop <= 0:
         raise UserInputError(f"the head target removes no head (of {total}); ask for at least one")
@@ -118,7 +118,7 @@ def select_heads(
     for pos, heads in importance.items():
         values = np.array(list(heads.values()), dtype=np.float64)
         if not np.isfinite(values).all():
-            raise UserInputError(f"head importance of layer position {pos} is not finite; check --data")
+            raise UserInputError(f"head importance of layer position {pos} is not finite; check `data`")
         s = values.sum()
         normalised[pos] = {h: (v / s if s > 0 else 1.0 / len(heads)) for h, v in heads.items()}
     candidates = sorted(((score, pos, h) for pos, heads in normalised.items() for h, score in heads.items()),

@@ -42,7 +42,7 @@ def parse_modules(spec: Optional[str]) -> Tuple[str, ...]:
             out.append(item)
         else:
             raise UserInputError(
-                f"--lowrank-modules: unknown module {item!r}; use ffn, attention or any of "
+                f"`lowrank_modules`: unknown module {item!r}; use ffn, attention or any of "
                 f"fc1, fc2, q_proj, k_proj, v_proj, out_proj"
             )
     return tuple(dict.fromkeys(out))
@@ -50,7 +50,7 @@ def parse_modules(spec: Optional[str]) -> Tuple[str, ...]:
 
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     if not 0.0 < energy <= 1.0:
-        raise UserInputError(f"--energy must be in (0, 1], got {energy}")
+        raise UserInputError(f"`energy` must be in (0, 1], got {energy}")
     power = singular_values.double().square()
     cumulative = torch.cumsum(power, 0) / power.sum().clamp(min=1e-300)
     return int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64) - 1e-12).item()) + 1
@@ -72,13 +72,13 @@ def factorise(linear: nn.Linear, rank: Optional[int] = None, energy: Optional[fl
     """The truncated-SVD factorisation of ``linear`` at ``rank`` or ``energy``: ``up @ down`` is the best
     rank-``r`` approximation of the weight (Eckart-Young), ``down`` and ``up`` sharing ``sqrt(s_i)``."""
     if (rank is None) == (energy is None):
-        raise UserInputError("low-rank approximation needs exactly one of --rank R or --energy E")
+        raise UserInputError("low-rank approximation needs exactly one of `rank` R or `energy` E")
     w = linear.weight.detach().double()
     s, vectors, right = _spectrum(w)
     full = min(w.shape)
     if rank is not None:
         if int(rank) < 1:
-            raise UserInputError(f"--rank must be at least 1, got {rank}")
+            raise UserInputError(f"`rank` must be at least 1, got {rank}")
         r = min(int(rank), full)
     else:
         r = rank_for_energy(s, float(energy))
@@ -135,6 +135,6 @@ def low_rank_model(model, rank: Optional[int] = None, energy: Optional[float] = 
     if not any("rank" in v and not v.get("kept_dense") for v in report.values()):
         raise UserInputError(
             "low-rank approximation changed no matrix: at this rank/energy no factorisation is smaller than the "
-            "dense matrix (rank must be below in*out/(in+out)); lower --rank or --energy"
+            "dense matrix (rank must be below in*out/(in+out)); lower `rank` or `energy`"
         )
     return report

@@ -47,9 +47,9 @@ def _zero_at(weight: torch.Tensor, flat_index: torch.Tensor) -> None:
 
 def magnitude_prune(model, sparsity: float, scope: str = "module") -> Dict[str, Any]:
     if not 0.0 < sparsity < 1.0:
-        raise UserInputError(f"--sparsity is the fraction of weights set to zero, strictly between 0 and 1; got {sparsity}")
+        raise UserInputError(f"`sparsity` is the fraction of weights set to zero, strictly between 0 and 1; got {sparsity}")
     if scope not in ("module", "global"):
-        raise UserInputError(f"--magnitude-scope must be module or global, got {scope!r}")
+        raise UserInputError(f"`magnitude_scope` must be module or global, got {scope!r}")
     weights = prunable_weights(model)
     if not weights:
         raise UserInputError("the model has no linear layers to prune")

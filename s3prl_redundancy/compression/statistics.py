@@ -36,7 +36,7 @@ def frame_counts(num_samples: Sequence[int], num_frames: int) -> List[int]:
 def batches(dataset: AudioDataset, batch_size: int) -> Iterator[Tuple[List[int], List[str], List[torch.Tensor]]]:
     """``(indices, utterance_ids, waveforms)`` in dataset order."""
     if batch_size < 1:
-        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UserInputError(f"`batch_size` must be at least 1, got {batch_size}")
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(len(dataset), start + batch_size)))
         items = [dataset[i] for i in idx]
@@ -94,7 +94,7 @@ def run_pass(upstream, dataset: AudioDataset, consumers: Sequence[Any], batch_si
     from ..similarity.collector import HiddenStateCollector
 
     if batch_size < 1:
-        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UserInputError(f"`batch_size` must be at least 1, got {batch_size}")
     collector = HiddenStateCollector(BoundaryStateUpstream(upstream), consumers, plugin_manager=False)
     return collector.run(dataset, batch_size=batch_size, progress=progress, description=description)
 
@@ -147,7 +147,7 @@ def collect_statistics(
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {', '.join(STATISTICS)}")
     if similarity_metric not in ("cka", "cosine"):
-        raise UserInputError(f"--similarity {similarity_metric!r}: use cka or cosine")
+        raise UserInputError(f"`similarity_metric` {similarity_metric!r}: use cka or cosine")
     metrics: Dict[str, Any] = {}
     if "block_influence" in needs:
         metrics["block_influence"] = BlockInfluence()
@@ -173,8 +173,8 @@ def collect_statistics(
     if "knn" in metrics:
         if metrics["knn"].frames_seen <= knn_k:
             raise UserInputError(
-                f"--data gives {metrics['knn'].frames_seen} frames; k-NN alignment with k={knn_k} needs more than "
-                f"{knn_k} (add audio or lower --knn-k)"
+                f"`data` gives {metrics['knn'].frames_seen} frames; k-NN alignment with k={knn_k} needs more than "
+                f"{knn_k} (add audio or lower `knn_k`)"
             )
         knn = metrics["knn"].compute().numpy()
         stats.knn_block_influence = 1.0 - np.diagonal(knn, offset=1).copy()
@@ -193,7 +193,7 @@ def collect_statistics(
 # --------------------------------------------------------------------------------------
 def _read_label_csv(path: Path) -> List[Tuple[str, str]]:
     if not path.is_file():
-        raise UserInputError(f"--labels {path} does not exist; give a CSV with rows path,label")
+        raise UserInputError(f"`labels` {path} does not exist; give a CSV with rows path,label")
     rows = []
     with path.open(newline="") as handle:
         for line_no, row in enumerate(csv.reader(handle), start=1):
@@ -203,10 +203,10 @@ def _read_label_csv(path: Path) -> List[Tuple[str, str]]:
             if line_no == 1 and [c.lower() for c in cells[:2]] == ["path", "label"]:
                 continue
             if len(cells) != 2 or not cells[0] or not cells[1]:
-                raise UserInputError(f"--labels {path} line {line_no}: expected 'path,label', got {','.join(row)!r}")
+                raise UserInputError(f"`labels` {path} line {line_no}: expected 'path,label', got {','.join(row)!r}")
             rows.append((cells[0], cells[1]))
     if not rows:
-        raise UserInputError(f"--labels {path} has no rows; write one 'path,label' per audio file")
+        raise UserInputError(f"`labels` {path} has no rows; write one 'path,label' per audio file")
     return rows
 
 
@@ -231,31 +231,31 @@ def load_labels(dataset: AudioDataset, labels_csv=None) -> List[str]:
                 missing_rows.append(raw)
                 continue
             if found in table and table[found] != label:
-                raise UserInputError(f"--labels {csv_path}: {raw} is labelled both {table[found]!r} and {label!r}")
+                raise UserInputError(f"`labels` {csv_path}: {raw} is labelled both {table[found]!r} and {label!r}")
             table[found] = label
         if missing_rows:
             raise UserInputError(
-                f"--labels {csv_path} names {len(missing_rows)} file(s) that do not exist under --data or beside the "
+                f"`labels` {csv_path} names {len(missing_rows)} file(s) that do not exist under `data` or beside the "
                 f"CSV, e.g. {missing_rows[0]!r}; the labels do not match the audio"
             )
         unlabelled = [dataset.utterance_id(i) for i, f in enumerate(files) if f not in table]
         if unlabelled:
             raise UserInputError(
-                f"{len(unlabelled)} of {len(files)} audio files in --data have no label in {csv_path}, e.g. "
-                f"{unlabelled[0]!r}; the labels do not match the audio (label every file or point --data at the "
+                f"{len(unlabelled)} of {len(files)} audio files in `data` have no label in {csv_path}, e.g. "
+                f"{unlabelled[0]!r}; the labels do not match the audio (label every file or point `data` at the "
                 "labelled files only)"
             )
         labels = [table[f] for f in files]
     else:
         if root is None:
-            raise UserInputError("--data is a file list; give class labels with --labels CSV (rows path,label)")
+            raise UserInputError("`data` is a file list; give class labels with `labels` CSV (rows path,label)")
         labels = []
         for i in range(len(files)):
             parts = Path(dataset.utterance_id(i)).parts
             if len(parts) < 2:
                 raise UserInputError(
-                    f"--data {root}: {parts[0]!r} is not inside a class sub-folder; put each class in its own "
-                    "sub-folder (DATA/CLASS/*.wav) or pass --labels CSV with rows path,label"
+                    f"`data` {root}: {parts[0]!r} is not inside a class sub-folder; put each class in its own "
+                    "sub-folder (DATA/CLASS/*.wav) or pass `labels` CSV with rows path,label"
                 )
             labels.append(parts[0])
     classes = sorted(set(labels))

@@ -26,7 +26,9 @@ Layer ``l`` (0-based) maps boundary state ``l`` (its input; state 0 = the transf
 =====================  ================================================================================
 
 Plugins add strategies through the ``s3prl_redundancy_pruning_strategies`` hook: a class with the
-interface of :class:`LayerSelectionStrategy`.
+interface of :class:`LayerSelectionStrategy`. Strategies are looked up by name only through
+:func:`s3prl_redundancy.plugins.build_strategy` (built-ins are registered like any plugin's), so this
+module never imports the plugin manager.
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ __all__ = [
     "LayerPlan",
     "LayerSelectionStrategy",
     "BUILTIN_STRATEGIES",
-    "available_strategies",
-    "build_strategy",
     "plan_layers",
     "parse_count",
 ]
@@ -110,10 +110,10 @@ class Target:
         if kind == "ratio":
             value = float(value)
             if not 0.0 < value < 1.0:
-                raise UserInputError(f"--ratio is the fraction of layers to remove, strictly between 0 and 1; got {value}")
+                raise UserInputError(f"`ratio` is the fraction of layers to remove, strictly between 0 and 1; got {value}")
             return cls(kind, value)
         if kind == "layers":
-            from ..layer_pruning import parse_keep_layers
+            from .layers import parse_keep_layers
 
             return cls(kind, tuple(parse_keep_layers(value)))
         if kind == "param_budget":
@@ -128,9 +128,9 @@ class Target:
         try:
             budget = float(text) * scale
         except ValueError:
-            raise UserInputError(f"--latency-budget: {value!r} is not a time like 0.25, 0.25s, 250ms or 80%") from None
+            raise UserInputError(f"`latency_budget`: {value!r} is not a time like 0.25, 0.25s, 250ms or 80%") from None
         if budget <= 0:
-            raise UserInputError(f"--latency-budget must be positive, got {value!r}")
+            raise UserInputError(f"`latency_budget` must be positive, got {value!r}")
         return cls(kind, budget)
 
     def describe(self) -> str:
@@ -228,24 +228,24 @@ def _count_for_target(target: Target, num_layers: int, ranking: Ranking, strateg
         n = target.value
     elif target.kind == "keep":
         if target.value > num_layers:
-            raise UserInputError(f"--keep {target.value}: the model has only {num_layers} transformer layers")
+            raise UserInputError(f"`keep` {target.value}: the model has only {num_layers} transformer layers")
         n = num_layers - target.value
     elif target.kind == "ratio":
         n = int(round(target.value * num_layers))
         if n == 0:
             raise UserInputError(
-                f"--ratio {target.value} of {num_layers} layers rounds to 0 layers: it removes no layer; use a larger ratio"
+                f"`ratio` {target.value} of {num_layers} layers rounds to 0 layers: it removes no layer; use a larger ratio"
             )
     elif target.kind == "default":
         if ranking.default_drop is None:
             raise UserInputError(
-                f"strategy {strategy!r} needs a target: --drop N, --keep N, --ratio R, --param-budget P or --latency-budget S"
+                f"strategy {strategy!r} needs a target: `drop` N, `keep` N, `ratio` R, `param_budget` P or `latency_budget` S"
             )
         n = len(ranking.default_drop)
         if n == 0:
             raise UserInputError(
                 f"strategy {strategy!r} finds nothing to remove by default ({ranking.details.get('default_reason', 'no layer qualifies')}); "
-                "give a target such as --drop N"
+                "give a target such as `drop` N"
             )
     elif target.kind in ("param_budget", "latency_budget"):
         n = _count_for_budget(target, num_layers, ranking, strategy, cost)
@@ -309,14 +309,14 @@ def plan_layers(
         raise UserInputError(f"the model has {num_layers} transformer layer(s); removing one would leave none")
     if target.kind == "layers" and not isinstance(strategy, ExplicitStrategy):
         raise UserInputError(
-            f"--keep-layers picks the layers itself: use it with --strategy explicit (or no --strategy), not {strategy.name!r}"
+            f"`keep_layers` picks the layers itself: use it with `strategy` explicit (or no `strategy`), not {strategy.name!r}"
         )
     ranking = strategy.rank(num_layers, stats)
     _check_ranking(ranking, num_layers, strategy.name)
     if isinstance(strategy, ExplicitStrategy):
         remove = list(ranking.order)
         if not remove:
-            raise UserInputError(f"--keep-layers keeps all {num_layers} layers: it removes no layer; nothing to prune")
+            raise UserInputError(f"`keep_layers` keeps all {num_layers} layers: it removes no layer; nothing to prune")
     else:
         n = _count_for_target(target, num_layers, ranking, strategy.name, cost)
         remove = list(ranking.order[:n])
@@ -367,8 +367,8 @@ class LayerSelectionStrategy(abc.ABC):
     def _stats(self, stats: Any) -> Any:
         if stats is None:
             raise UserInputError(
-                f"strategy {self.name!r} needs statistics from a forward pass over audio: pass --data DIR "
-                f"(a folder of audio files or a file list){' and class labels (--labels CSV, or one sub-folder per class)' if self.needs_labels else ''}"
+                f"strategy {self.name!r} needs statistics from a forward pass over audio: pass `data` DIR "
+                f"(a folder of audio files or a file list){' and class labels (`labels` CSV, or one sub-folder per class)' if self.needs_labels else ''}"
             )
         return stats
 
@@ -425,7 +425,7 @@ class ExplicitStrategy(LayerSelectionStrategy):
     def rank(self, num_layers, stats=None):
         keep = self.config["keep_layers"]
         if keep is None:
-            raise UserInputError("strategy 'explicit' needs --keep-layers 0,1,3 (0-based layers to keep)")
+            raise UserInputError("strategy 'explicit' needs `keep_layers` 0,1,3 (0-based layers to keep)")
         bad = [l for l in keep if not 0 <= l < num_layers]
         if bad:
             raise UserInputError(
@@ -448,7 +448,7 @@ class _ScoreStrategy(LayerSelectionStrategy):
             raise ValueError(f"{self.statistic}: expected {num_layers} scores, got shape {scores.shape}")
         if not np.isfinite(scores).all():
             bad = np.flatnonzero(~np.isfinite(scores)).tolist()
-            raise UserInputError(f"{self.score_name} of layer(s) {bad} is not finite (silent or constant audio?); check --data")
+            raise UserInputError(f"{self.score_name} of layer(s) {bad} is not finite (silent or constant audio?); check `data`")
         order = sorted(range(num_layers), key=lambda l: (scores[l], -l))
         reasons = {l: f"{self.score_name} {scores[l]:.4g} (rank {i + 1} of {num_layers}, lowest first)" for i, l in enumerate(order)}
         return Ranking(order, scores.tolist(), score_name=self.score_name, reasons=reasons)
@@ -485,7 +485,7 @@ class SimilarityBlocksStrategy(LayerSelectionStrategy):
             raise ValueError(f"similarity: expected ({num_layers + 1}, {num_layers + 1}), got {s.shape}")
         per_block = int(self.config["per_block"])
         if per_block < 1:
-            raise UserInputError(f"--per-block must be at least 1, got {per_block}")
+            raise UserInputError(f"`per_block` must be at least 1, got {per_block}")
         structure = find_blocks(s, threshold=self.config["threshold"], penalty=float(self.config["penalty"]))
         adjacent = np.array([s[l, l + 1] for l in range(num_layers)])  # how much layer l preserves its input
         block_of_layer = [structure.block_of(l + 1) for l in range(num_layers)]  # the block of its output
@@ -525,7 +525,7 @@ class ConvexityStrategy(LayerSelectionStrategy):
         labels = stats.labels
         if labels is None:
             raise UserInputError(
-                "strategy 'convexity' needs class labels: --labels CSV (rows path,label) or a --data folder with one sub-folder per class"
+                "strategy 'convexity' needs class labels: `labels` CSV (rows path,label) or a `data` folder with one sub-folder per class"
             )
         if pooled.shape[1] != num_layers + 1:
             raise ValueError(f"pooled features have {pooled.shape[1]} states, expected {num_layers + 1}")
@@ -550,25 +550,3 @@ BUILTIN_STRATEGIES: Dict[str, Type[LayerSelectionStrategy]] = {
     for cls in (BackwardStrategy, ForwardStrategy, ForwardBackwardStrategy, ExplicitStrategy, ShallowStrategy,
                 BlockInfluenceStrategy, KnnBlockInfluenceStrategy, SimilarityBlocksStrategy, ConvexityStrategy)
 }
-
-
-def available_strategies() -> Dict[str, Type[LayerSelectionStrategy]]:
-    """Built-in strategies plus those of plugins (``s3prl_redundancy_pruning_strategies`` hook)."""
-    from ..plugins import pruning_strategies
-
-    out = dict(BUILTIN_STRATEGIES)
-    for name, cls in pruning_strategies().items():
-        if name in out and out[name] is not cls:
-            raise ValueError(f"a plugin defines the pruning strategy {name!r}, which is built in; rename it")
-        out[name] = cls
-    return out
-
-
-def build_strategy(name: str, **options: Any) -> LayerSelectionStrategy:
-    """An instance of the strategy ``name``; only the options the strategy declares are passed to it."""
-    strategies = available_strategies()
-    if name not in strategies:
-        raise UserInputError(f"unknown strategy {name!r}; use one of: {', '.join(strategies)}")
-    cls = strategies[name]
-    accepted = getattr(cls, "options", {}) or {}
-    return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})

@@ -313,42 +313,14 @@ def family_of(ckpt: Mapping[str, Any]) -> str:
     return family
 
 
-def model_config(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
+def model_config(ckpt: Mapping[str, Any]) -> Any:
     """The family's config object of ``ckpt`` (dataclass or WavLMConfig) with every default filled in."""
-    family = family_of(ckpt)
-    if family == "hubert":
-        from s3prl.upstream.hubert.hubert_model import HubertConfig
-        from s3prl.upstream.utils import merge_with_parent
-
-        return merge_with_parent(HubertConfig, ckpt["model_cfg"])
-    if family == "wav2vec2":
-        from s3prl.upstream.utils import merge_with_parent
-        from s3prl.upstream.wav2vec2.wav2vec2_model import Wav2Vec2Config
-
-        return merge_with_parent(Wav2Vec2Config, ckpt["model_cfg"])
-    from s3prl.upstream.wavlm.WavLM import WavLMConfig
-
-    return WavLMConfig(ckpt["cfg"])
+    return FAMILIES[family_of(ckpt)].checkpoint_config(ckpt)
 
 
 def build_model(ckpt: Mapping[str, Any]) -> nn.Module:
     """The family's model for ``ckpt``'s config (random weights, full-size layers)."""
-    family = family_of(ckpt)
-    cfg = model_config(ckpt)
-    if getattr(cfg, "layer_type", "transformer") != "transformer":
-        raise UserInputError(f"{family} layer_type {cfg.layer_type!r} is not supported; only 'transformer' layers")
-    if family == "hubert":
-        from s3prl.upstream.hubert.hubert_model import HubertModel, HubertPretrainingConfig
-        from s3prl.upstream.utils import merge_with_parent
-
-        return HubertModel(cfg, merge_with_parent(HubertPretrainingConfig, ckpt["task_cfg"]), ckpt["dictionaries_symbols"])
-    if family == "wav2vec2":
-        from s3prl.upstream.wav2vec2.wav2vec2_model import Wav2Vec2Model
-
-        return Wav2Vec2Model(cfg)
-    from s3prl.upstream.wavlm.WavLM import WavLM
-
-    return WavLM(cfg)
+    return FAMILIES[family_of(ckpt)].build_model(ckpt)
 
 
 def structure_of(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
@@ -365,7 +337,7 @@ def convert_attention(model: nn.Module, family: str) -> nn.Module:
         attn = layer.self_attn
         if not isinstance(attn, CompressedSelfAttention):
             p = getattr(getattr(attn, "dropout_module", None), "p", cfg_dropout)
-            layer.self_attn = CompressedSelfAttention.from_module(attn, wavlm=family == "wavlm", dropout=p)
+            layer.self_attn = CompressedSelfAttention.from_module(attn, wavlm=FAMILIES[family].position_bias, dropout=p)
     return model
 
 
@@ -378,7 +350,7 @@ def apply_structure(model: nn.Module, family: str, structure: Mapping[str, Any],
     layers = model.encoder.layers
     if len(layers) != len(positions):
         raise UserInputError(f"checkpoint config has {len(layers)} encoder layers but its structure lists {len(positions)}")
-    wavlm = family == "wavlm"
+    wavlm = FAMILIES[family].position_bias  # layers take and return the relative position bias
     dim = int(cfg.encoder_embed_dim)
     heads_total = int(cfg.encoder_attention_heads)
     head_dim = dim // heads_total

@@ -31,6 +31,7 @@ import torch
 
 from ..errors import UserInputError
 from ..families import FAMILIES
+from .structure import family_of
 
 CSV_NAME, PLOT_NAME, JSON_NAME = "sweep.csv", "sweep.png", "sweep.json"
 OUTPUT_NAMES = (CSV_NAME, PLOT_NAME, JSON_NAME)
@@ -70,7 +71,7 @@ def probe_split(labels: Sequence[str], test_fraction: float, seed: int) -> Tuple
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_fraction < 1.0:
-        raise UserInputError(f"--test-fraction must be strictly between 0 and 1, got {test_fraction}")
+        raise UserInputError(f"`test_fraction` must be strictly between 0 and 1, got {test_fraction}")
     labels = np.asarray(labels)
     counts = {c: int((labels == c).sum()) for c in set(labels.tolist())}
     small = {c: n for c, n in counts.items() if n < 2}
@@ -107,7 +108,7 @@ class LinearProbeEvaluator:
         elif self.features == "mean":
             x = features.pooled.mean(axis=1)
         else:
-            raise UserInputError(f"--probe-features must be last or mean, got {self.features!r}")
+            raise UserInputError(f"`probe_features` must be last or mean, got {self.features!r}")
         y = np.asarray(self.labels)
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=5000))
         probe.fit(x[self.train], y[self.train])
@@ -158,25 +159,11 @@ def run_sweep(
 ) -> SweepResult:
     """Evaluate every strategy's model with ``0..max_drop`` layers removed (plus bridged variants)."""
     from ..audio import AudioDataset
-    from .compress import compress
     from .statistics import collect_statistics
-    from .strategies import ExplicitStrategy, Target, build_strategy, plan_layers
     from .structure import make_upstream
 
-    from ..families import detect_family
-
-    fam = FAMILIES[detect_family(ckpt)]
-    num_layers = fam.num_layers(ckpt)
-    if not strategies:
-        raise UserInputError("--strategies is empty; give e.g. backward,block-influence")
-    if not 1 <= max_drop < num_layers:
-        raise UserInputError(f"--max-drop must be between 1 and {num_layers - 1} (the model has {num_layers} layers), got {max_drop}")
-    if len(labels) != len(dataset):
-        raise UserInputError(f"{len(labels)} labels for {len(dataset)} audio files")
-    built = {name: build_strategy(name, **(strategy_options or {})) for name in dict.fromkeys(strategies)}
-    for name, s in built.items():
-        if isinstance(s, ExplicitStrategy):
-            raise UserInputError("strategy 'explicit' has no ranking to sweep; use --keep-layers with `prune` instead")
+    num_layers = FAMILIES[family_of(ckpt)].num_layers(ckpt)
+    built = _build_strategies(strategies, strategy_options, num_layers, max_drop, labels, dataset)
     needs = set().union(*(s.needs for s in built.values()))
     source_up = make_upstream(ckpt)
     stats = None
@@ -190,38 +177,84 @@ def run_sweep(
         evaluators = [LinearProbeEvaluator(labels, train, test, probe_features),
                       OutputSimilarityEvaluator(source_features.last_frames)]
     fit_data = AudioDataset([dataset.files[i] for i in train], dataset.root, dataset.max_seconds) if bridge else None
+    models = _SweepModels(ckpt, source, source_up, source_features, dataset, evaluators, fit_data, bridge_ridge, batch_size)
+    rows, rankings = _sweep_rows(built, models, num_layers, max_drop, stats, bridge == "linear")
+    return SweepResult(rows, rankings, {"strategies": list(built), "max_drop": max_drop, "num_layers": num_layers,
+                                        "probe_features": probe_features, "test_fraction": test_fraction,
+                                        "train_utterances": int(len(train)), "test_utterances": int(len(test)),
+                                        "bridge": bridge, "seed": seed, "evaluations": len(models.cache),
+                                        "statistics": None if stats is None else stats.options})
 
-    cache: Dict[Tuple, Dict[str, Any]] = {}
-    bridge_fits: Dict[Tuple[int, int], Dict[str, Any]] = {}  # a run's bridge is the same whichever strategy removes it
 
-    def evaluate(keep: Tuple[int, ...], bridged: bool, plan=None) -> Dict[str, Any]:
+def _build_strategies(names: Sequence[str], options, num_layers: int, max_drop: int, labels, dataset) -> Dict[str, Any]:
+    """Check the sweep's inputs and build each named strategy once (in the order given)."""
+    from ..plugins import build_strategy
+    from .strategies import ExplicitStrategy
+
+    if not names:
+        raise UserInputError("`strategies` is empty; give e.g. backward,block-influence")
+    if not 1 <= max_drop < num_layers:
+        raise UserInputError(f"`max_drop` must be between 1 and {num_layers - 1} (the model has {num_layers} layers), got {max_drop}")
+    if len(labels) != len(dataset):
+        raise UserInputError(f"{len(labels)} labels for {len(dataset)} audio files")
+    built = {name: build_strategy(name, **(options or {})) for name in dict.fromkeys(names)}
+    if any(isinstance(s, ExplicitStrategy) for s in built.values()):
+        raise UserInputError("strategy 'explicit' has no ranking to sweep; use `keep_layers` with `prune` instead")
+    return built
+
+
+class _SweepModels:
+    """Builds and evaluates the model of a layer selection, once per selection (cached); a removed run's
+    bridge is fitted once, whichever strategy removes it."""
+
+    def __init__(self, ckpt, source, source_up, source_features, dataset, evaluators, fit_data, bridge_ridge, batch_size):
+        self.ckpt, self.source, self.source_up, self.source_features = ckpt, source, source_up, source_features
+        self.dataset, self.evaluators, self.fit_data = dataset, evaluators, fit_data
+        self.bridge_ridge, self.batch_size = bridge_ridge, batch_size
+        self.num_layers = FAMILIES[family_of(ckpt)].num_layers(ckpt)
+        self.cache: Dict[Tuple, Dict[str, Any]] = {}
+        self.bridge_fits: Dict[Tuple[int, int], Dict[str, Any]] = {}
+
+    def metrics(self, keep: Tuple[int, ...], bridged: bool, plan=None) -> Dict[str, Any]:
         key = (keep, bridged)
-        if key not in cache:
-            if len(keep) == num_layers:
-                checkpoint, features = ckpt, source_features
-            else:
-                if bridged:
-                    from .bridges import collect_run_statistics, fit_bridges, removed_runs
-
-                    missing = [r for r in removed_runs(plan.keep, num_layers) if r not in bridge_fits]
-                    if missing:
-                        bridge_fits.update(fit_bridges(collect_run_statistics(source_up, fit_data, missing, batch_size), bridge_ridge))
-                result = compress(ckpt, source=source, plan=plan, bridge="linear" if bridged else None,
-                                  bridge_ridge=bridge_ridge, bridge_data=fit_data, bridge_fits=bridge_fits, batch_size=batch_size)
-                checkpoint = result.checkpoint
-                features = model_features(make_upstream(checkpoint), dataset, batch_size)
+        if key not in self.cache:
+            checkpoint, features = self._model(keep, bridged, plan)
             metrics: Dict[str, Any] = {}
-            for ev in evaluators:
+            for ev in self.evaluators:
                 metrics.update(ev.evaluate(checkpoint, features))
             from .cost import parameter_counts
 
-            metrics["parameters"] = parameter_counts(FAMILIES[fam.name].weights(checkpoint))["inference"]
-            cache[key] = metrics
-        return cache[key]
+            metrics["parameters"] = parameter_counts(FAMILIES[family_of(checkpoint)].weights(checkpoint))["inference"]
+            self.cache[key] = metrics
+        return self.cache[key]
+
+    def _model(self, keep, bridged, plan):
+        """``(checkpoint, features)`` of the selection ``keep`` (the source model when nothing is removed)."""
+        from .compress import compress
+        from .structure import make_upstream
+
+        if len(keep) == self.num_layers:
+            return self.ckpt, self.source_features
+        if bridged:
+            from .bridges import collect_run_statistics, fit_bridges, removed_runs
+
+            missing = [r for r in removed_runs(plan.keep, self.num_layers) if r not in self.bridge_fits]
+            if missing:
+                stats = collect_run_statistics(self.source_up, self.fit_data, missing, self.batch_size)
+                self.bridge_fits.update(fit_bridges(stats, self.bridge_ridge))
+        result = compress(self.ckpt, source=self.source, plan=plan, bridge="linear" if bridged else None,
+                          bridge_ridge=self.bridge_ridge, bridge_data=self.fit_data, bridge_fits=self.bridge_fits,
+                          batch_size=self.batch_size)
+        return result.checkpoint, model_features(make_upstream(result.checkpoint), self.dataset, self.batch_size)
+
+
+def _sweep_rows(built, models: _SweepModels, num_layers: int, max_drop: int, stats, with_bridges: bool):
+    """One row per strategy, count removed (and bridged variant); each strategy's first plan as its ranking."""
+    from .strategies import Target, plan_layers
 
     rows: List[Dict[str, Any]] = []
     rankings: Dict[str, Dict[str, Any]] = {}
-    variants = [False] + ([True] if bridge == "linear" else [])
+    variants = [False] + ([True] if with_bridges else [])
     for name, strategy in built.items():
         first_plan = None
         for n in range(0, max_drop + 1):
@@ -230,27 +263,25 @@ def run_sweep(
                 first_plan = plan
             keep = tuple(range(num_layers)) if plan is None else tuple(plan.keep)
             for bridged in variants:  # with n = 0 the bridged curve starts at the source model
-                metrics = evaluate(keep, bridged and n > 0, plan)
+                metrics = models.metrics(keep, bridged and n > 0, plan)
                 rows.append({"strategy": name + ("+bridge" if bridged else ""), "layers_removed": n,
                              "kept_layers": " ".join(map(str, keep)),
                              "removed_layers": " ".join(map(str, sorted(set(range(num_layers)) - set(keep)))), **metrics})
         rankings[name] = first_plan.to_dict() if first_plan is not None else {}
-    return SweepResult(rows, rankings, {"strategies": list(built), "max_drop": max_drop, "num_layers": num_layers,
-                                        "probe_features": probe_features, "test_fraction": test_fraction,
-                                        "train_utterances": int(len(train)), "test_utterances": int(len(test)),
-                                        "bridge": bridge, "seed": seed, "evaluations": len(cache),
-                                        "statistics": None if stats is None else stats.options})
+    return rows, rankings
 
 
 def write_sweep(result: SweepResult, out_dir, force: bool = False, metric: str = "probe_accuracy") -> Path:
     """``sweep.csv`` (one row per strategy and count), ``sweep.png`` (one line per strategy), ``sweep.json``."""
-    from ..checkpoints import atomic_write_text
-    from ..layer_pruning import prepare_output_dir
+    from ..io import atomic_write_text
     from ..similarity.plots import save_figure_atomic
-    from .compress import new_figure
+    from .compress import new_figure, output_dir
     from .strategies import _jsonable
 
-    out = prepare_output_dir(out_dir, force, names=OUTPUT_NAMES)
+    folder = output_dir(out_dir, force, command="sweep", names=OUTPUT_NAMES)
+    folder.prepare()
+    folder.record(*OUTPUT_NAMES)
+    out = folder.path
     columns = list(dict.fromkeys(k for row in result.rows for k in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)

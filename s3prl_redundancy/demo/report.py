@@ -156,7 +156,7 @@ def render_html(blocks: Sequence[Block]) -> str:
 
 
 def write_report(out: Path, plan_log: Sequence[Dict], upstream: str) -> Dict[str, Path]:
-    from ..checkpoints import atomic_write_text
+    from ..io import atomic_write_text
 
     blocks = build_blocks(out, plan_log, upstream)
     md = atomic_write_text(out / "report.md", render_markdown(blocks, out))

@@ -22,10 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import UserInputError
-from ..families import FAMILIES
-
-MASK_CHUNKS = "chunks"  # HuBERT / WavLM: forward_padding_mask
-MASK_CONV_LENGTHS = "conv_lengths"  # wav2vec 2.0: _get_feat_extract_output_lengths
+from ..families import FAMILIES, MASK_CHUNKS, MASK_CONV_LENGTHS  # noqa: F401 - MASK_*: the frame-mask rules
 
 
 def teacher_configs(family: str, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
@@ -39,34 +36,16 @@ def teacher_configs(family: str, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
 
 def build_family_model(family: str, configs: Mapping[str, Any], num_layers: Optional[int] = None):
     """``(model, normalize_waveform)``: s3prl's model class for ``family``; ``num_layers`` overrides the depth."""
+    if family not in FAMILIES:
+        raise UserInputError(f"unknown teacher family {family!r}; use one of {', '.join(FAMILIES)}")
+    fam = FAMILIES[family]
     model_cfg = dict(configs["model_cfg"])
     if num_layers is not None:
         model_cfg["encoder_layers"] = num_layers
-    if family == "hubert":
-        from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
-        from s3prl.upstream.utils import merge_with_parent
-
-        task = merge_with_parent(HubertPretrainingConfig, dict(configs["task_cfg"]))
-        model = HubertModel(merge_with_parent(HubertConfig, model_cfg), task, [["0"]])
-        return model, bool(task.normalize)
-    if family == "wav2vec2":
-        from s3prl.upstream.utils import merge_with_parent
-        from s3prl.upstream.wav2vec2.wav2vec2_model import AudioPretrainingConfig, Wav2Vec2Config, Wav2Vec2Model
-
-        cfg = merge_with_parent(Wav2Vec2Config, model_cfg)
-        if cfg.layer_type != "transformer" or cfg.quantize_input:
-            raise UserInputError(
-                f"wav2vec 2.0 variants with layer_type={cfg.layer_type!r} / quantize_input={cfg.quantize_input} have "
-                "a different front end; distillation supports the standard transformer wav2vec 2.0 only"
-            )
-        task = merge_with_parent(AudioPretrainingConfig, dict(configs["task_cfg"]))
-        return Wav2Vec2Model(cfg), bool(task.normalize)
-    if family == "wavlm":
-        from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
-
-        cfg = WavLMConfig(model_cfg)
-        return WavLM(cfg), bool(cfg.normalize)
-    raise UserInputError(f"unknown teacher family {family!r}; use one of {', '.join(FAMILIES)}")
+    ckpt = {fam.config_key: model_cfg, **({"task_cfg": dict(configs["task_cfg"])} if "task_cfg" in configs else {})}
+    if num_layers == 0:
+        return fam.front_end_model(ckpt)
+    return fam.build_model(ckpt), fam.normalizes_waveform(ckpt)
 
 
 class FrontEnd(nn.Module):
@@ -84,7 +63,7 @@ class FrontEnd(nn.Module):
         self.layer_norm_first = bool(model.encoder.layer_norm_first)
         # post-LN models normalise before the layers; pre-LN models after them (not part of the front end)
         self.encoder_layer_norm = None if self.layer_norm_first else model.encoder.layer_norm
-        self.mask_rule = MASK_CONV_LENGTHS if family == "wav2vec2" else MASK_CHUNKS
+        self.mask_rule = FAMILIES[family].frame_mask
         self.crop_multiple = int(getattr(model, "crop_seq_to_multiple", 1) or 1)
         self.cnn_kernels_strides: List[Tuple[int, int]] = conv_kernels_and_strides(model.feature_extractor)
         self.dim = int(model.encoder.embedding_dim)

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..checkpoints import check_family
 from ..errors import UserInputError
 from ..families import FAMILIES, detect_family
 from .front_end import FrontEnd, teacher_configs
@@ -109,10 +110,7 @@ def check_student_checkpoint(ckpt: Any, path: str, expected_family: Optional[str
     if version > FORMAT_VERSION:
         raise UserInputError(f"{path} has student format version {version}; this s3prl-redundancy reads up to "
                              f"{FORMAT_VERSION}: upgrade s3prl-redundancy")
-    family = ckpt["teacher"]["family"]
-    if expected_family is not None and family != expected_family:
-        raise UserInputError(f"{path} was distilled from a {family} teacher, not {expected_family}; load it with "
-                             f"-u distilled_{family} instead")
+    check_family(ckpt["teacher"]["family"], expected_family, f"student {path}", entry="distilled")
 
 
 def load_student(path, expected_family: Optional[str] = None) -> Tuple[Student, Dict[str, Any]]:
@@ -132,7 +130,7 @@ def student_from_checkpoint(ckpt: Mapping[str, Any]) -> Student:
 
 
 def save_student(student: Student, teacher: Mapping[str, Any], path, training=None) -> Path:
-    from ..checkpoints import atomic_torch_save
+    from ..io import atomic_torch_save
 
     return atomic_torch_save(student_checkpoint(student, teacher, training), path)
 

@@ -73,6 +73,8 @@ class TeacherStack(nn.Module):
     def __init__(self, model: nn.Module, family: str):
         super().__init__()
         self.family = family
+        # how a layer is run (WavLM passes its position bias on); "" when only counting parameters
+        self._run_layer = FAMILIES[family].run_layer if family in FAMILIES else None
         self.layers = model.encoder.layers
         self.final_norm = model.encoder.layer_norm if model.encoder.layer_norm_first else None
 
@@ -82,10 +84,7 @@ class TeacherStack(nn.Module):
         x = x0.transpose(0, 1)
         pos_bias = None
         for layer in self.layers:
-            if self.family == "wavlm":
-                x, _, pos_bias = layer(x, self_attn_padding_mask=padding_mask, need_weights=False, pos_bias=pos_bias)
-            else:
-                x, _ = layer(x, self_attn_padding_mask=padding_mask, need_weights=False)
+            x, pos_bias = self._run_layer(layer, x, padding_mask, pos_bias)
         x = x.transpose(0, 1)
         return self.final_norm(x) if self.final_norm is not None else x
 

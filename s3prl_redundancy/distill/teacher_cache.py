@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..audio import SAMPLE_RATE, AudioDataset
-from ..checkpoints import atomic_torch_save, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text
 from ..errors import UserInputError
 
 BYTES_PER_VALUE = 4  # float32

@@ -99,7 +99,7 @@ def build_variants(ckpt, full=None) -> Dict[str, Any]:
     ``full``: an upstream of ``ckpt`` already built."""
     from ..compression.compress import TechniqueOptions, compress
     from ..compression.structure import make_upstream
-    from ..layer_pruning import prune_checkpoint
+    from ..compression.layers import prune_checkpoint
 
     out: Dict[str, Any] = {"full": (ckpt, full if full is not None else make_upstream(ckpt))}
     for k in KEEP:

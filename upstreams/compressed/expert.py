@@ -8,8 +8,8 @@ stack, the last = encoder output) and reads what was done from the checkpoint:
 * a checkpoint without a ``structure`` (layer-pruned, magnitude-pruned or unpruned) is handed to s3prl's
   own expert unchanged;
 * one with a ``structure`` (attention heads removed, factorised linear layers, linear bridges) is rebuilt
-  by :func:`s3prl_redundancy.compression.structure.load_model` (shapes checked strictly), then set up
-  exactly as s3prl's expert sets up its model.
+  by :func:`s3prl_redundancy.compression.structure.load_model` (shapes checked strictly) and takes the
+  place of the model that s3prl's own expert built and set up (hooks re-attached to the same paths).
 """
 
 from __future__ import annotations
@@ -17,20 +17,14 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional
 
 from s3prl.upstream.hubert.expert import UpstreamExpert as _HubertExpert
-from s3prl.upstream.interfaces import UpstreamBase
 from s3prl.upstream.wav2vec2.expert import UpstreamExpert as _Wav2Vec2Expert
 from s3prl.upstream.wavlm.expert import UpstreamExpert as _WavLMExpert
 
 from s3prl_redundancy.checkpoints import checkpoint_buffer, load_family_checkpoint
-from s3prl_redundancy.compression.structure import META_KEY, load_model, structure_of
+from s3prl_redundancy.compression.structure import META_KEY, family_of, load_model, structure_of
 from s3prl_redundancy.errors import UserInputError
+from s3prl_redundancy.families import FAMILIES
 from s3prl_redundancy.upstreams.pruned.expert import resolve_source
-
-
-def _trim_to_shortest(xs):
-    names, hiddens = zip(*xs)
-    unpad_len = min(hidden.size(1) for hidden in hiddens)
-    return list(zip(names, [hidden[:, :unpad_len, :] for hidden in hiddens]))
 
 
 class _CompressedExpertMixin:
@@ -52,62 +46,49 @@ class _CompressedExpertMixin:
         if structure_of(checkpoint) is None:
             super().__init__(checkpoint_buffer(checkpoint), **kwargs)
         else:
-            UpstreamBase.__init__(self, **kwargs)
-            self._setup(load_model(checkpoint), checkpoint)
-            self.model.feature_grad_mult = 0.0
-            self.model.encoder.layerdrop = 0.0
-            if len(self.hooks) == 0:
-                module_name = "self.model.encoder.layers"
-                for module_id in range(len(self.model.encoder.layers)):
-                    self.add_hook(f"{module_name}[{module_id}]", lambda input, output: input[0].transpose(0, 1))
-                self.add_hook("self.model.encoder", lambda input, output: output[0])
-                if self.family != "wavlm":
-                    self.hook_postprocess = _trim_to_shortest
+            # s3prl's own expert sets everything up (hooks, their post-processing, configs, frozen CNN, no
+            # layerdrop) on a plain model of the same config; then the rebuilt model takes its place
+            super().__init__(checkpoint_buffer(_plain_skeleton(checkpoint)), **kwargs)
+            self._swap_model(load_model(checkpoint))
         self.compression: Dict[str, Any] = dict(checkpoint.get(META_KEY) or {})
+
+    def _swap_model(self, model) -> None:
+        """Put ``model`` where s3prl's expert built its own, with the settings s3prl gave that one, and
+        re-attach s3prl's hooks (they are bound to module objects) to the same paths in ``model``."""
+        model.feature_grad_mult = self.model.feature_grad_mult
+        model.encoder.layerdrop = self.model.encoder.layerdrop
+        self.model = model
+        for hook in self.hooks:
+            if hook.handler is not None:
+                hook.handler.remove()
+                hook.handler = None
+            self._register_hook_handler(hook)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], **kwargs):
         """The expert for an in-memory checkpoint dict."""
         return cls(_checkpoint=checkpoint, **kwargs)
 
-    def _setup(self, model, checkpoint) -> None:  # pragma: no cover - overridden per family
-        raise NotImplementedError
+
+def _plain_skeleton(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
+    """``checkpoint``'s configs with the weights of a freshly built, full-size model of the family: what
+    s3prl's expert can load (it knows no compressed structure); its weights are replaced afterwards."""
+    family = FAMILIES[family_of(checkpoint)]
+    skeleton = {k: v for k, v in checkpoint.items() if k != META_KEY}
+    skeleton[family.weights_key] = family.build_model(checkpoint).state_dict()
+    return skeleton
 
 
 class CompressedHubertExpert(_CompressedExpertMixin, _HubertExpert):
     family = "hubert"
 
-    def _setup(self, model, checkpoint):
-        from s3prl.upstream.hubert.hubert_model import HubertPretrainingConfig
-        from s3prl.upstream.utils import merge_with_parent
-
-        self.model = model
-        self.task_cfg = merge_with_parent(HubertPretrainingConfig, checkpoint["task_cfg"])
-
 
 class CompressedWav2Vec2Expert(_CompressedExpertMixin, _Wav2Vec2Expert):
     family = "wav2vec2"
 
-    def _setup(self, model, checkpoint):
-        from s3prl.upstream.utils import merge_with_parent
-        from s3prl.upstream.wav2vec2.wav2vec2_model import AudioPretrainingConfig
-
-        self.model = model
-        self.wav_normalize = merge_with_parent(AudioPretrainingConfig, checkpoint["task_cfg"]).normalize
-        self.apply_padding_mask = True
-        self.numpy_wav_normalize = False
-        self.feature_selection = None
-
 
 class CompressedWavLMExpert(_CompressedExpertMixin, _WavLMExpert):
     family = "wavlm"
-
-    def _setup(self, model, checkpoint):
-        from s3prl.upstream.wavlm.WavLM import WavLMConfig
-
-        self.cfg = WavLMConfig(checkpoint["cfg"])
-        self.model = model
-        self._init_layerdrop = 0.0
 
 
 EXPERTS = {cls.family: cls for cls in (CompressedHubertExpert, CompressedWav2Vec2Expert, CompressedWavLMExpert)}

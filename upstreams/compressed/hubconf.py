@@ -8,21 +8,21 @@ linear layers, magnitude pruning, linear bridges) from the checkpoint written by
 - ``-g``: not used (an error if given).
 """
 
+from s3prl_redundancy.upstreams import hub_entry
+
 from .expert import CompressedHubertExpert, CompressedWav2Vec2Expert, CompressedWavLMExpert
 
 __all__ = ["compressed_hubert", "compressed_wav2vec2", "compressed_wavlm"]
 
-
-def compressed_hubert(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """HuBERT compressed by s3prl-redundancy (layers, heads, low rank, magnitude, bridges)."""
-    return CompressedHubertExpert(ckpt, model_config, refresh=refresh, **kwargs)
-
-
-def compressed_wav2vec2(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """wav2vec 2.0 compressed by s3prl-redundancy (layers, heads, low rank, magnitude, bridges)."""
-    return CompressedWav2Vec2Expert(ckpt, model_config, refresh=refresh, **kwargs)
-
-
-def compressed_wavlm(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """WavLM compressed by s3prl-redundancy (layers, heads, low rank, magnitude, bridges)."""
-    return CompressedWavLMExpert(ckpt, model_config, refresh=refresh, **kwargs)
+compressed_hubert = hub_entry(
+    "compressed_hubert", CompressedHubertExpert,
+    "HuBERT compressed by s3prl-redundancy (layers, heads, low rank, magnitude, bridges).",
+)
+compressed_wav2vec2 = hub_entry(
+    "compressed_wav2vec2", CompressedWav2Vec2Expert,
+    "wav2vec 2.0 compressed by s3prl-redundancy (layers, heads, low rank, magnitude, bridges).",
+)
+compressed_wavlm = hub_entry(
+    "compressed_wavlm", CompressedWavLMExpert,
+    "WavLM compressed by s3prl-redundancy (layers, heads, low rank, magnitude, bridges).",
+)

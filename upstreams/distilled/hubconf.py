@@ -5,21 +5,21 @@
   name of the right entry.
 """
 
+from s3prl_redundancy.upstreams import hub_entry
+
 from .expert import DistilledHubertExpert, DistilledWav2Vec2Expert, DistilledWavLMExpert
 
 __all__ = ["distilled_hubert", "distilled_wav2vec2", "distilled_wavlm"]
 
-
-def distilled_hubert(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """HuBERT front end + mimicking layers in place of the transformer stack."""
-    return DistilledHubertExpert(ckpt, model_config, refresh=refresh, **kwargs)
-
-
-def distilled_wav2vec2(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """wav2vec 2.0 front end + mimicking layers in place of the transformer stack."""
-    return DistilledWav2Vec2Expert(ckpt, model_config, refresh=refresh, **kwargs)
-
-
-def distilled_wavlm(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """WavLM front end + mimicking layers in place of the transformer stack."""
-    return DistilledWavLMExpert(ckpt, model_config, refresh=refresh, **kwargs)
+distilled_hubert = hub_entry(
+    "distilled_hubert", DistilledHubertExpert,
+    "HuBERT front end + mimicking layers in place of the transformer stack.",
+)
+distilled_wav2vec2 = hub_entry(
+    "distilled_wav2vec2", DistilledWav2Vec2Expert,
+    "wav2vec 2.0 front end + mimicking layers in place of the transformer stack.",
+)
+distilled_wavlm = hub_entry(
+    "distilled_wavlm", DistilledWavLMExpert,
+    "WavLM front end + mimicking layers in place of the transformer stack.",
+)

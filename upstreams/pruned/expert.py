@@ -17,7 +17,7 @@ from s3prl.upstream.wavlm.expert import UpstreamExpert as _WavLMExpert
 from s3prl_redundancy.checkpoints import checkpoint_buffer, load_family_checkpoint
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
-from s3prl_redundancy.layer_pruning import META_KEY, prune_checkpoint, read_keep_layers, reject_structured
+from s3prl_redundancy.compression.layers import META_KEY, prune_checkpoint, read_keep_layers, reject_structured
 
 
 def resolve_source(family: str, ckpt: Optional[str], refresh: bool = False) -> str:

@@ -6,21 +6,21 @@
   with a pruned checkpoint.
 """
 
+from s3prl_redundancy.upstreams import hub_entry
+
 from .expert import PrunedHubertExpert, PrunedWav2Vec2Expert, PrunedWavLMExpert
 
 __all__ = ["pruned_hubert", "pruned_wav2vec2", "pruned_wavlm"]
 
-
-def pruned_hubert(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """HuBERT with transformer layers removed (no post-training)."""
-    return PrunedHubertExpert(ckpt, model_config, refresh=refresh, **kwargs)
-
-
-def pruned_wav2vec2(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """wav2vec 2.0 with transformer layers removed (no post-training)."""
-    return PrunedWav2Vec2Expert(ckpt, model_config, refresh=refresh, **kwargs)
-
-
-def pruned_wavlm(ckpt=None, model_config=None, refresh=False, **kwargs):
-    """WavLM with transformer layers removed (no post-training); the relative position bias is kept."""
-    return PrunedWavLMExpert(ckpt, model_config, refresh=refresh, **kwargs)
+pruned_hubert = hub_entry(
+    "pruned_hubert", PrunedHubertExpert,
+    "HuBERT with transformer layers removed (no post-training).",
+)
+pruned_wav2vec2 = hub_entry(
+    "pruned_wav2vec2", PrunedWav2Vec2Expert,
+    "wav2vec 2.0 with transformer layers removed (no post-training).",
+)
+pruned_wavlm = hub_entry(
+    "pruned_wavlm", PrunedWavLMExpert,
+    "WavLM with transformer layers removed (no post-training); the relative position bias is kept.",
+)

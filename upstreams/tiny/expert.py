@@ -35,7 +35,7 @@ def resolve_ckpt(ckpt: Optional[str]) -> str:
 class TinyHubertExpert(_HubertExpert):
     """s3prl's HuBERT expert on the shipped (or a given) tiny checkpoint."""
 
-    def __init__(self, ckpt: Optional[str] = None, model_config=None, **kwargs):
+    def __init__(self, ckpt: Optional[str] = None, model_config=None, refresh: bool = False, **kwargs):
         super().__init__(resolve_ckpt(ckpt), **kwargs)
 
 

@@ -11,22 +11,18 @@ layers. When layer 0 is dropped, its bias table moves to the new first layer, so
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .errors import UserInputError
-from .families import FAMILIES, Family, detect_family
+from ..errors import UserInputError
+from ..families import FAMILIES, Family, detect_family
 
 META_KEY = "s3prl_redundancy"
-CHECKPOINT_NAME = "pruned.pt"
-MANIFEST_NAME = "manifest.json"
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
-_WAVLM_BIAS = "self_attn.relative_attention_bias.weight"
 
 
-def parse_keep_layers(spec: Union[str, Iterable[int]], where: str = "--keep-layers") -> List[int]:
+def parse_keep_layers(spec: Union[str, Iterable[int]], where: str = "`keep_layers`") -> List[int]:
     """Parse ``"0,1,3"`` or a list into a strictly increasing list of non-negative ints."""
     if isinstance(spec, str):
         items = [s.strip() for s in spec.split(",") if s.strip()]
@@ -112,10 +108,9 @@ def prune_checkpoint(
     detected = detect_family(ckpt)
     if detected is None:
         raise UserInputError(f"{source or 'checkpoint'} is not an s3prl HuBERT / wav2vec 2.0 / WavLM local checkpoint")
-    if family is not None and family != detected:
-        raise UserInputError(
-            f"{source or 'checkpoint'} is a {detected} checkpoint, not {family}; use pruned_{detected} instead"
-        )
+    from ..checkpoints import check_family
+
+    check_family(detected, family, source or "checkpoint")
     fam = FAMILIES[detected]
     reject_structured(ckpt, fam.name, source)
     keep = parse_keep_layers(keep_layers)
@@ -144,10 +139,10 @@ def prune_checkpoint(
             new_weights[key] = value
         elif int(m.group(1)) in new_position:
             new_weights[f"encoder.layers.{new_position[int(m.group(1))]}.{m.group(2)}"] = value
-    if fam.name == "wavlm" and 0 not in new_position:
-        bias = weights.get(f"encoder.layers.0.{_WAVLM_BIAS}")
-        if bias is not None:  # the first layer owns the relative position bias table; keep it
-            new_weights[f"encoder.layers.0.{_WAVLM_BIAS}"] = bias
+    for name in fam.first_layer_weights if 0 not in new_position else ():
+        shared = weights.get(f"encoder.layers.0.{name}")
+        if shared is not None:  # the first layer owns it (WavLM's position bias table); the new first layer takes it
+            new_weights[f"encoder.layers.0.{name}"] = shared
 
     out = dict(ckpt)
     out[fam.config_key] = dict(ckpt[fam.config_key], encoder_layers=len(keep))
@@ -163,37 +158,3 @@ def prune_checkpoint(
         "parameters_after": count_parameters(new_weights),
     }
     return out
-
-
-def check_output_dir(out_dir, force: bool, names: Sequence[str] = (CHECKPOINT_NAME, MANIFEST_NAME)) -> Path:
-    """Refuse to overwrite existing results unless ``force``; creates nothing (run it before heavy work)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file, not a folder; give a folder path")
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not force:
-        raise UserInputError(f"--out {out} already holds {', '.join(existing)}; choose another folder or pass --force")
-    return out
-
-
-def prepare_output_dir(out_dir, force: bool, names: Sequence[str] = (CHECKPOINT_NAME, MANIFEST_NAME)) -> Path:
-    """:func:`check_output_dir`, then create the folder."""
-    out = check_output_dir(out_dir, force, names)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def write_pruned(pruned: Dict[str, Any], out_dir, force: bool = False, extra_manifest: Optional[dict] = None) -> Path:
-    """Write ``pruned.pt`` and ``manifest.json`` into ``out_dir`` (atomically); return the checkpoint path."""
-    from .checkpoints import atomic_torch_save, atomic_write_text
-
-    out = prepare_output_dir(out_dir, force)
-    ckpt_path = atomic_torch_save(pruned, out / CHECKPOINT_NAME)
-    manifest = dict(pruned[META_KEY], checkpoint=CHECKPOINT_NAME, **(extra_manifest or {}))
-    fam = FAMILIES[manifest["family"]]
-    manifest["load_with"] = {
-        "s3prl_local_entry": f"-u {fam.local_entry} -k {ckpt_path}",
-        "pruned_entry": f"-u pruned_{fam.name} -k {ckpt_path}",
-    }
-    atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
-    return ckpt_path

@@ -126,7 +126,7 @@ def load_upstream(
     except UserInputError:
         raise
     except Exception as e:  # s3prl raises assorted types: AssertionError, RuntimeError, OSError, KeyError, ...
-        source = f" from {ckpt}" if ckpt else " (no --ckpt: the entry's default weights, which may need a download)"
+        source = f" from {ckpt}" if ckpt else " (no `ckpt`: the entry's default weights, which may need a download)"
         raise UpstreamLoadError(
             f"could not build upstream {name!r}{source}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             ". Check that `ckpt` is a checkpoint of the format this entry loads (e.g. hubert_local takes s3prl's "

@@ -54,15 +54,15 @@ class TechniqueOptions:
     magnitude_scope: str = "module"
 
     def validate(self, has_data: bool) -> None:
-        """Check the options before any heavy work; every message names the flag to fix."""
+        """Check the options before any heavy work; every message names the argument to fix."""
         from .head_pruning import IMPORTANCE
         from .low_rank import parse_modules
 
         t = set(self.techniques)
         stray = [flag for flag, value, tech in (
-            ("--heads-drop", self.heads_drop, "heads"), ("--heads-ratio", self.heads_ratio, "heads"),
-            ("--rank", self.rank, "lowrank"), ("--energy", self.energy, "lowrank"),
-            ("--lowrank-modules", self.lowrank_modules, "lowrank"), ("--sparsity", self.sparsity, "magnitude"),
+            ("`heads_drop`", self.heads_drop, "heads"), ("`heads_ratio`", self.heads_ratio, "heads"),
+            ("`rank`", self.rank, "lowrank"), ("`energy`", self.energy, "lowrank"),
+            ("`lowrank_modules`", self.lowrank_modules, "lowrank"), ("`sparsity`", self.sparsity, "magnitude"),
         ) if value is not None and tech not in t]
         if stray:
             raise UserInputError(f"{', '.join(stray)} given but `technique` does not include the technique it belongs to")

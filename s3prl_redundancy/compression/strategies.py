@@ -65,11 +65,11 @@ def parse_count(text: str, what: str) -> float:
     s = str(text).strip().lower().replace("_", "")
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|[kmgb]?)", s)
     if not m:
-        raise UserInputError(f"{what}: {text!r} is not a number like 50M, 2.5e7 or 60%")
+        raise UserInputError(f"{text!r} is not a number like 50M, 2.5e7 or 60%", argument=what)
     value = float(m.group(1))
     if m.group(2) == "%":
         if not 0 < value < 100:
-            raise UserInputError(f"{what}: a percentage must be between 0 and 100, got {text!r}")
+            raise UserInputError(f"a percentage must be between 0 and 100, got {text!r}", argument=what)
         return -value / 100.0
     return value * _SUFFIX[m.group(2)]
 
@@ -97,15 +97,14 @@ class Target:
         given = {k: v for k, v in dict(drop=drop, keep=keep, ratio=ratio, layers=keep_layers,
                                          param_budget=param_budget, latency_budget=latency_budget).items() if v is not None}
         if len(given) > 1:
-            flags = {"drop": "--drop", "keep": "--keep", "ratio": "--ratio", "layers": "--keep-layers",
-                     "param_budget": "--param-budget", "latency_budget": "--latency-budget"}
-            raise UserInputError(f"give one target, not {' and '.join(flags[k] for k in given)}")
+            names = {"layers": "keep_layers"}  # the argument's name where the target's kind is shorter
+            raise UserInputError(f"give one target, not {' and '.join(f'`{names.get(k, k)}`' for k in given)}")
         if not given:
             return cls("default")
         kind, value = next(iter(given.items()))
         if kind in ("drop", "keep"):
             if int(value) != value or value < 0:
-                raise UserInputError(f"--{kind} must be a non-negative whole number of layers, got {value}")
+                raise UserInputError(f"must be a non-negative whole number of layers, got {value}", argument=kind)
             return cls(kind, int(value))
         if kind == "ratio":
             value = float(value)
@@ -117,10 +116,10 @@ class Target:
 
             return cls(kind, tuple(parse_keep_layers(value)))
         if kind == "param_budget":
-            return cls(kind, parse_count(value, "--param-budget"))
+            return cls(kind, parse_count(value, "param_budget"))
         text, scale = str(value).strip().lower(), 1.0
         if text.endswith("%"):
-            return cls(kind, parse_count(text, "--latency-budget"))  # relative: a fraction of the full model's
+            return cls(kind, parse_count(text, "latency_budget"))  # relative: a fraction of the full model's
         if text.endswith("ms"):
             text, scale = text[:-2], 1e-3
         elif text.endswith("s"):
@@ -268,22 +267,21 @@ def _count_for_target(target: Target, num_layers: int, ranking: Ranking, strateg
 def _count_for_budget(target: Target, num_layers: int, ranking: Ranking, strategy: str,
                       cost: Optional[Mapping[str, CostFunction]]) -> int:
     what = "parameters" if target.kind == "param_budget" else "latency"
-    flag = "--param-budget" if target.kind == "param_budget" else "--latency-budget"
     fn = (cost or {}).get(what)
     if fn is None:
-        raise UserInputError(f"{flag} needs a cost model for {what}; none was given")
+        raise UserInputError(f"needs a cost model for {what}; none was given", argument=target.kind)
     full = fn(list(range(num_layers)))
     budget = target.value if target.value > 0 else -target.value * full
     front = fn([])
     unit = "s" if what == "latency" else ""
     if budget < front:
         raise UserInputError(
-            f"{flag} {budget:.4g}{unit} is below the front end's own cost ({front:.4g}{unit} of {what} with no transformer "
+            f"`{target.kind}={budget:.4g}{unit}` is below the front end's own cost ({front:.4g}{unit} of {what} with no transformer "
             f"layer at all; the full model: {full:.4g}{unit}); no layer selection can meet it"
         )
     if full <= budget:
         raise UserInputError(
-            f"{flag} {budget:.4g}{unit} is at or above the full model's {what} ({full:.4g}{unit}): it removes no layer"
+            f"`{target.kind}={budget:.4g}{unit}` is at or above the full model's {what} ({full:.4g}{unit}): it removes no layer"
         )
     for n in range(1, len(ranking.order) + 1):
         kept = [l for l in range(num_layers) if l not in ranking.order[:n]]
@@ -292,7 +290,7 @@ def _count_for_budget(target: Target, num_layers: int, ranking: Ranking, strateg
         if fn(kept) <= budget:
             return n
     raise UserInputError(
-        f"{flag} {budget:.4g}{unit}: even removing every layer strategy {strategy!r} may remove leaves "
+        f"`{target.kind}={budget:.4g}{unit}`: even removing every layer strategy {strategy!r} may remove leaves "
         f"{fn([l for l in range(num_layers) if l not in ranking.order]):.4g}{unit}; raise the budget"
     )
 
@@ -419,7 +417,7 @@ class ForwardBackwardStrategy(LayerSelectionStrategy):
 
 class ExplicitStrategy(LayerSelectionStrategy):
     name = "explicit"
-    summary = "the layers given by --keep-layers"
+    summary = "the layers given by `keep_layers`"
     options = {"keep_layers": None}
 
     def rank(self, num_layers, stats=None):
@@ -432,7 +430,7 @@ class ExplicitStrategy(LayerSelectionStrategy):
                 f"layers {bad} do not exist: the model has {num_layers} transformer layers (valid indices 0..{num_layers - 1})"
             )
         order = [l for l in range(num_layers) if l not in keep]
-        return Ranking(order, None, score_name="", default_drop=order, reasons={l: "given by --keep-layers" for l in order})
+        return Ranking(order, None, score_name="", default_drop=order, reasons={l: "given by `keep_layers`" for l in order})
 
 
 class _ScoreStrategy(LayerSelectionStrategy):
@@ -472,7 +470,7 @@ class KnnBlockInfluenceStrategy(_ScoreStrategy):
 
 class SimilarityBlocksStrategy(LayerSelectionStrategy):
     name = "similarity-blocks"
-    summary = "keep the first --per-block layers of each block of similar states, remove the rest"
+    summary = "keep the first `per_block` layers of each block of similar states, remove the rest"
     needs = frozenset({"similarity"})
     options = {"per_block": 1, "threshold": None, "penalty": 0.0}
 

@@ -8,7 +8,7 @@ there is no import cycle.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterable, Union
 
 import pluggy
 
@@ -65,3 +65,33 @@ def build_strategy(name: str, **options: Any):
     cls = strategies[name]
     accepted = getattr(cls, "options", {}) or {}
     return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
+
+
+def build_metrics(names: Union[str, Iterable[str]], **options: Any) -> Dict[str, Any]:
+    """Instantiate registered metrics (:func:`similarity_metrics`) by name (a list or a
+    comma-separated string).
+
+    Each option goes to every requested metric whose constructor accepts it (e.g.
+    ``k=5`` to ``mknn``); an option accepted by none of them is an error.
+    """
+    from .similarity.metrics import constructor_options, parse_metric_names
+
+    registry = similarity_metrics()
+    names = parse_metric_names(names, registry)
+    metrics: Dict[str, Any] = {}
+    used = set()
+    accepted = set()
+    for n in names:
+        cls = registry[n]
+        params = set(constructor_options(cls))
+        accepted |= params
+        kwargs = {k: v for k, v in options.items() if k in params}
+        used |= set(kwargs)
+        metrics[n] = cls(**kwargs)
+    unused = sorted(set(options) - used)
+    if unused:
+        raise ValueError(
+            f"option(s) {unused} are not accepted by any requested metric ({', '.join(names)}); "
+            f"accepted options: {sorted(accepted) or 'none'}"
+        )
+    return metrics

@@ -92,7 +92,8 @@ def test_registered_metrics_come_from_the_one_plugin_registry():
     from s3prl_redundancy.hookspecs import hookimpl
     from s3prl_redundancy.plugins import get_plugin_manager
     from s3prl_redundancy.similarity.analysis import metric_registry
-    from s3prl_redundancy.similarity.metrics import CosineSimilarity, build_metrics
+    from s3prl_redundancy.plugins import build_metrics
+    from s3prl_redundancy.similarity.metrics import CosineSimilarity
 
     class Twin(CosineSimilarity):
         name = "twin_cosine"

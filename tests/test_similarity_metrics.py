@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from s3prl_redundancy.testing import oracles as ref
+from s3prl_redundancy.plugins import build_metrics
 from s3prl_redundancy.similarity.metrics import (
     BUILTIN_METRICS,
     BlockInfluence,
@@ -19,7 +20,6 @@ from s3prl_redundancy.similarity.metrics import (
     LinearCKA,
     MutualKNN,
     block_influence_from_cosine,
-    build_metrics,
     hash_keys,
 )
 

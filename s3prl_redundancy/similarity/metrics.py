@@ -48,7 +48,6 @@ __all__ = [
     "DebiasedLinearCKA",
     "MutualKNN",
     "BUILTIN_METRICS",
-    "build_metrics",
     "parse_metric_names",
     "constructor_options",
     "hash_keys",
@@ -1082,33 +1081,3 @@ def parse_metric_names(names: Union[str, Iterable[str]], registry: Dict[str, typ
 def constructor_options(cls: type) -> List[str]:
     """The keyword options a metric class takes (its constructor's parameters)."""
     return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-
-
-def build_metrics(names: Union[str, Iterable[str]], **options: Any) -> Dict[str, LayerSimilarityMetric]:
-    """Instantiate registered metrics (:func:`s3prl_redundancy.plugins.similarity_metrics`) by name (a list or a
-    comma-separated string).
-
-    Each option goes to every requested metric whose constructor accepts it (e.g.
-    ``k=5`` to ``mknn``); an option accepted by none of them is an error.
-    """
-    from ..plugins import similarity_metrics
-
-    registry = similarity_metrics()
-    names = parse_metric_names(names, registry)
-    metrics: Dict[str, LayerSimilarityMetric] = {}
-    used = set()
-    accepted = set()
-    for n in names:
-        cls = registry[n]
-        params = set(constructor_options(cls))
-        accepted |= params
-        kwargs = {k: v for k, v in options.items() if k in params}
-        used |= set(kwargs)
-        metrics[n] = cls(**kwargs)
-    unused = sorted(set(options) - used)
-    if unused:
-        raise ValueError(
-            f"option(s) {unused} are not accepted by any requested metric ({', '.join(names)}); "
-            f"accepted options: {sorted(accepted) or 'none'}"
-        )
-    return metrics

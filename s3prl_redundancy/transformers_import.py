@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
 from .errors import UserInputError
-from .families import (HF_FEATURE_PROJECTION, HF_POS_CONV_WEIGHT_NORM, HF_TRAINING_ONLY, Family,
+from .families import (FAMILIES, HF_FEATURE_PROJECTION, HF_POS_CONV_WEIGHT_NORM, HF_TRAINING_ONLY, Family,
                        family_for_hf_config)
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -38,10 +38,12 @@ def read_config(folder: Path) -> Tuple[Family, Dict[str, Any]]:
 
     from .io import read_json
 
+    if not folder.is_dir():
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserInputError(f"transformers model folder {folder} {state}", argument="ckpt")
     if not (folder / "config.json").is_file():
-        raise UserInputError(f"folder {folder} has no config.json, so it is not a transformers model folder; give a "
-                             "folder written by save_pretrained (config.json + model.safetensors) or a checkpoint file",
-                             argument="ckpt")
+        raise UserInputError(f"folder {folder} has no config.json, so it is not a transformers model folder (one "
+                             "written by save_pretrained: config.json + model.safetensors)", argument="ckpt")
     raw = read_json(folder / "config.json", what="transformers config", argument="ckpt")
     family = family_for_hf_config(raw, f"{folder}/config.json")
     known = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
@@ -170,3 +172,30 @@ def import_transformers(folder) -> Tuple[Dict[str, Any], Dict[str, Any]]:
               "num_layers": int(config["num_hidden_layers"]), "normalize": normalize,
               "normalize_from": normalize_source, "skipped_head": head, "zero_filled": filled}
     return family.local_checkpoint(model_config, mapped, normalize), report
+
+
+def import_to_file(folder, out, force: bool = False, atol: float = 1e-4) -> Dict[str, Any]:
+    """Write the s3prl local checkpoint of the ``transformers`` folder ``folder`` to the file ``out``, after
+    checking that ``transformers``' own model gives the same hidden states (within ``atol``) on test audio.
+    An existing ``out`` is replaced only with ``force``; nothing is written when the check fails."""
+    import transformers
+
+    from .compression.export_transformers import compare_with_s3prl
+    from .io import atomic_torch_save, check_writable
+
+    out = Path(out)
+    if out.is_dir():
+        raise UserInputError(f"{out} is a folder; give the path of the checkpoint file to write", argument="out")
+    if out.exists() and not force:
+        raise UserInputError(f"{out} exists; pass `force=True` to replace it", argument="out")
+    check_writable(out.parent, argument="out")
+    ckpt, report = import_transformers(folder)
+    transformers.utils.logging.disable_progress_bar()
+    family = FAMILIES[report["family"]]
+    reference = getattr(transformers, family.hf_model_class).from_pretrained(str(folder), local_files_only=True).eval()
+    check = compare_with_s3prl(ckpt, reference)
+    if not check["max_abs_diff"] <= atol:
+        raise UserInputError(f"import check failed: s3prl's model differs from transformers' by {check['max_abs_diff']:.3g} "
+                             f"(tolerance `atol={atol}`); nothing written")
+    atomic_torch_save(ckpt, out)
+    return {**report, "out": str(out), "check": check}

@@ -459,7 +459,8 @@ def family_for_hf_config(config: Mapping[str, Any], source) -> Family:
 
     model_type = config.get("model_type") if isinstance(config, Mapping) else None
     architectures = list(config.get("architectures") or []) if isinstance(config, Mapping) else []
-    family = next((f for f in FAMILIES.values() if f.hf_model_type == model_type), None)
+    family = next((f for f in FAMILIES.values() if f.hf_model_type == model_type  # or, without model_type, the class
+                   or (model_type is None and architectures and architectures[0] in f.hf_architectures())), None)
     supported = ", ".join(f.hf_model_class for f in FAMILIES.values())
     if family is None:
         what = f"model_type {model_type!r}" + (f" ({', '.join(map(str, architectures))})" if architectures else "")

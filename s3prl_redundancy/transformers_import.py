@@ -47,7 +47,11 @@ def read_config(folder: Path) -> Tuple[Family, Dict[str, Any]]:
     raw = read_json(folder / "config.json", what="transformers config", argument="ckpt")
     family = family_for_hf_config(raw, f"{folder}/config.json")
     known = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
-    config = getattr(transformers, family.hf_config_class).from_dict(known).to_dict()
+    try:
+        config = getattr(transformers, family.hf_config_class).from_dict(known).to_dict()
+    except (TypeError, ValueError) as e:
+        raise UserInputError(f"{folder}/config.json is not a valid {family.hf_config_class} ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})", argument="ckpt") from None
     family.check_hf_importable(config)
     return family, config
 

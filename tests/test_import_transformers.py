@@ -245,6 +245,10 @@ def test_prune_takes_a_folder_and_the_result_exports_back(tmp_path, capsys):
     assert torch.equal(exported["encoder.layers.1.feed_forward.output_dense.weight"],
                        original["hubert.encoder.layers.3.feed_forward.output_dense.weight"])
     assert load_family_checkpoint(folder, expected_family="hubert")[0].name == "hubert"
+    from s3prl_redundancy.distill.teacher import resolve_teacher  # distill's --teacher hubert_local --ckpt DIR
+
+    teacher = resolve_teacher("hubert_local", str(folder))
+    assert teacher.family.name == "hubert" and teacher.family.num_layers(teacher.checkpoint) == 4
     with pytest.raises(UserInputError, match="transformers folder .* is a hubert checkpoint, not wavlm"):
         load_family_checkpoint(folder, expected_family="wavlm")
 
@@ -278,7 +282,10 @@ def test_similarity_on_a_transformers_folder(upstream, tiny_ckpts, tmp_path, cap
     assert summary["layers"] == (4 if upstream == "pruned_hubert" else 5) and summary["num_utterances"] == 3
 
 
-def test_an_entry_that_fails_on_its_ckpt_is_one_line_exit_2(tmp_path, capsys):
+def test_an_entry_that_fails_on_its_ckpt_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # a missing path is also tried as a hub id
     argv = ["similarity", "--upstream", "hf_hubert_custom", "--ckpt", str(tmp_path / "no-such-model"),
             "--data", str(_audio(tmp_path / "a")), "--out", str(tmp_path / "out"), "--quiet"]
     assert main(argv) == 2

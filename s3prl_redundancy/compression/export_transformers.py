@@ -30,6 +30,9 @@ audio (see :func:`compare_with_s3prl` for the one difference in conventions); a 
 written. Not exportable (clear error): checkpoints with removed attention heads,
 factorised layers or bridges (no ``transformers`` equivalent), WavLM without gated relative position
 bias, and position convolutions of depth > 1.
+
+The inverse, a ``transformers`` folder to an s3prl local checkpoint, is
+:mod:`s3prl_redundancy.transformers_import` (the same name mapping from :mod:`s3prl_redundancy.families`).
 """
 
 from __future__ import annotations

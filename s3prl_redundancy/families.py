@@ -48,7 +48,7 @@ HF_UNSUPPORTED_OPTIONS: Dict[str, Any] = {
     "conv_pos_batch_norm": False,  # HuBERT: batch norm instead of weight norm in the position convolution
 }
 # transformers architectures that are the base model plus a head, the base model's weights under
-# ``<hf_base_prefix>.``; the head (every other weight) is skipped by an import
+# ``<hf_model_type>.``; the head (every other weight) is skipped by an import
 HF_HEAD_VARIANTS: Tuple[str, ...] = ("ForCTC", "ForSequenceClassification", "ForPreTraining",
                                      "ForAudioFrameClassification", "ForXVector")
 # the position convolution's weight norm: s3prl name -> its transformers names (torch < 2.1 ``weight_norm``,
@@ -302,13 +302,15 @@ class Family:
 class HubertFamily(Family):
     # the label dictionaries only size the pre-training head; a config-only ``ckpt`` (and an import) gets a
     # one-label one
-    NO_LABELS = [["0"]]
+    NO_LABELS = (("0",),)
 
     def _new_model(self, cfg, ckpt):
-        return _import(self.model_class)(cfg, self.task_config(ckpt), ckpt.get("dictionaries_symbols", self.NO_LABELS))
+        labels = ckpt.get("dictionaries_symbols", [list(d) for d in self.NO_LABELS])
+        return _import(self.model_class)(cfg, self.task_config(ckpt), labels)
 
     def local_checkpoint(self, model_config, weights, normalize):
-        return {**super().local_checkpoint(model_config, weights, normalize), "dictionaries_symbols": self.NO_LABELS}
+        labels = [list(d) for d in self.NO_LABELS]
+        return {**super().local_checkpoint(model_config, weights, normalize), "dictionaries_symbols": labels}
 
 
 class Wav2Vec2Family(Family):

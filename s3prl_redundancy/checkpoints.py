@@ -9,6 +9,10 @@ whatever ``torch.load`` happens to raise (a text file used to surface as a bare 
 * a pickle stream (torch's legacy format) goes to ``torch.load``; only then does "holds Python objects"
   mean what it says;
 * anything else is not a PyTorch file: text or binary, shown by its first bytes.
+
+:func:`load_family_checkpoint` (every command's and entry's source checkpoint) also takes a ``transformers``
+model folder (``config.json`` + ``model.safetensors``), converted in memory by
+:mod:`s3prl_redundancy.transformers_import`.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ def _check_zip(path: Path, what: str, argument: Optional[str]) -> None:
 
 def _check_kind(path: Path, what: str, argument: Optional[str]) -> None:
     """Refuse a missing, empty or non-torch file before ``torch.load`` sees it."""
+    if path.is_dir():
+        raise UserInputError(f"{what} {path} is a folder, not a file; give the checkpoint file itself", argument=argument)
     if not path.is_file():
         raise UserInputError(f"{what} {path} does not exist (or is not a file); check the path", argument=argument)
     if path.stat().st_size == 0:
@@ -74,9 +80,13 @@ def _forbidden_global(error: Exception) -> str:
     return line.strip().split(" was not an allowed global")[0]
 
 
-def load_checkpoint(path, what: str = "checkpoint", argument: Optional[str] = "ckpt") -> Dict[str, Any]:
+HINT = "Convert it to s3prl's local format (plain dicts and tensors) first."
+
+
+def load_checkpoint(path, what: str = "checkpoint", argument: Optional[str] = "ckpt", hint: str = HINT) -> Dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with messages that name the file, what it is and the fix;
-    ``argument``: the Python argument that gave ``path`` (named by every error)."""
+    ``argument``: the Python argument that gave ``path`` (named by every error); ``hint``: the fix for a file
+    that holds Python objects."""
     import torch
 
     path = Path(path)
@@ -89,8 +99,7 @@ def load_checkpoint(path, what: str = "checkpoint", argument: Optional[str] = "c
                                  argument=argument) from None
         raise UserInputError(
             f"{what} {path} holds Python objects that are not plain tensors and configs, so it is not loaded "
-            f"(weights_only=True never executes a pickle from a file): {_forbidden_global(e)}. Convert it to "
-            "s3prl's local format (plain dicts and tensors) first.", argument=argument
+            f"(weights_only=True never executes a pickle from a file): {_forbidden_global(e)}. {hint}", argument=argument
         ) from None
     except Exception as e:  # a damaged file makes the unpickler / zip reader raise assorted types
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -108,7 +117,14 @@ def check_family(found: Optional[str], expected: Optional[str], source, entry: s
 
 
 def load_family_checkpoint(path, expected_family: Optional[str] = None) -> Tuple[Family, Dict[str, Any]]:
-    """Load a local-format checkpoint and check which family it belongs to."""
+    """Load a local-format checkpoint, or convert a ``transformers`` model folder, and check which family it
+    belongs to."""
+    if Path(path).is_dir():
+        from .transformers_import import import_transformers
+
+        ckpt, _ = import_transformers(path)
+        check_family(detect_family(ckpt), expected_family, f"transformers folder {path}")
+        return FAMILIES[detect_family(ckpt)], ckpt
     ckpt = load_checkpoint(path)
     family = detect_family(ckpt)
     if family is None:

@@ -18,11 +18,12 @@ from .errors import UserInputError
 
 def discover_commands() -> Dict[str, str]:
     """``{command name: module name}`` for every module in ``s3prl_redundancy/commands`` (``run_downstream``
-    is the command ``run-downstream``). Listing does not import them."""
+    is the command ``run-downstream``; a trailing underscore, for a Python keyword, is dropped: ``import_``
+    is ``import``). Listing does not import them."""
     from . import commands
 
     return {
-        info.name.replace("_", "-"): f"{commands.__name__}.{info.name}"
+        info.name.rstrip("_").replace("_", "-"): f"{commands.__name__}.{info.name}"
         for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name)
         if not info.name.startswith("_")
     }

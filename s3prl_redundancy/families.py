@@ -38,8 +38,33 @@ HF_VALUE_MAPS: Dict[str, Dict[Any, Any]] = {
     "activation_fn": {"gelu": "gelu", "relu": "relu", "gelu_accurate": "gelu_new"},
     "extractor_mode": {"default": "group", "layer_norm": "layer"},
 }
-# constant transformers config values for every family (s3prl's fixed choices)
+# constant transformers config values for every family (s3prl's fixed choices); an import refuses other values
 HF_CONFIG_CONSTANTS: Dict[str, Any] = {"layer_norm_eps": 1e-5, "feat_extract_activation": "gelu"}
+# transformers options that add modules s3prl's model classes lack: the value each must have to be imported
+# (a config without the key has the default, which is this value)
+HF_UNSUPPORTED_OPTIONS: Dict[str, Any] = {
+    "add_adapter": False,  # wav2vec 2.0 / WavLM: convolutional adapter after the encoder
+    "adapter_attn_dim": None,  # wav2vec 2.0 (MMS): attention adapters in every layer
+    "conv_pos_batch_norm": False,  # HuBERT: batch norm instead of weight norm in the position convolution
+}
+# transformers architectures that are the base model plus a head, the base model's weights under
+# ``<hf_model_type>.``; the head (every other weight) is skipped by an import
+HF_HEAD_VARIANTS: Tuple[str, ...] = ("ForCTC", "ForSequenceClassification", "ForPreTraining",
+                                     "ForAudioFrameClassification", "ForXVector")
+# the position convolution's weight norm: s3prl name -> its transformers names (torch < 2.1 ``weight_norm``,
+# and the ``parametrizations`` names of ``torch.nn.utils.parametrizations.weight_norm``); same ``dim=2``
+HF_POS_CONV_WEIGHT_NORM: Tuple[Tuple[str, Tuple[str, str]], ...] = (
+    ("encoder.pos_conv.0.weight_g", ("encoder.pos_conv_embed.conv.weight_g",
+                                     "encoder.pos_conv_embed.conv.parametrizations.weight.original0")),
+    ("encoder.pos_conv.0.weight_v", ("encoder.pos_conv_embed.conv.weight_v",
+                                     "encoder.pos_conv_embed.conv.parametrizations.weight.original1")),
+)
+# s3prl weights that a transformers model may lack because only training uses them: ``masked_spec_embed``
+# exists only when the config masks (``mask_time_prob`` or ``mask_feature_prob`` > 0); an import zeroes them
+HF_TRAINING_ONLY: Tuple[str, ...] = ("mask_emb",)
+# the projection transformers always has; s3prl has none when the CNN width equals the model width, where an
+# export writes the identity (and an import accepts only the identity)
+HF_FEATURE_PROJECTION = ("feature_projection.projection.weight", "feature_projection.projection.bias")
 
 # per transformer layer, modules (their ``weight``/``bias`` map together): (s3prl, transformers)
 _HF_LAYER_MODULES: Tuple[Tuple[str, str], ...] = (
@@ -73,6 +98,8 @@ class Family:
     model_class: str  # "module:Class" of s3prl's model
     hf_config_class: str  # ``transformers`` config class name
     hf_model_class: str  # ``transformers`` model class name
+    hf_model_type: str  # ``model_type`` in a ``transformers`` config.json; also the prefix of the base model's
+    # weights in the head variants (``hubert.``, ``wav2vec2.``, ``wavlm.``)
     # WavLM: each layer takes and returns the relative position bias (``pos_bias``), computed by the first
     # layer that owns a bias table; the others' layers return ``(x, (attn, layer_result))``
     position_bias: bool = False
@@ -86,6 +113,8 @@ class Family:
     hf_extra_config_constants: Mapping[str, Any] = field(default_factory=dict)
     # s3prl config fields that transformers does not keep but s3prl's config class requires (import only)
     hf_import_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # task config fields an import fills (besides ``sample_rate`` and ``normalize``)
+    hf_import_task_defaults: Mapping[str, Any] = field(default_factory=dict)
     # extra per-layer weights: (s3prl module or tensor name, transformers name, is a module with weight/bias)
     hf_extra_layer_weights: Tuple[Tuple[str, str, bool], ...] = ()
 
@@ -191,6 +220,39 @@ class Family:
                       architectures=[self.hf_model_class], **self.hf_config_constants())
         return kwargs
 
+    def hf_architectures(self) -> Tuple[str, ...]:
+        """The ``transformers`` architectures an import reads: the base model, then its head variants."""
+        stem = self.hf_model_class[: -len("Model")]
+        return (self.hf_model_class, *(stem + v for v in HF_HEAD_VARIANTS))
+
+    def check_hf_importable(self, hf_config: Mapping[str, Any]) -> None:
+        """Raise :class:`UserInputError` naming the first ``transformers`` config value (of ``config.to_dict()``)
+        that s3prl's model class cannot represent."""
+        from .errors import UserInputError
+
+        def refuse(key, why):
+            raise UserInputError(f"config.json has {key}={hf_config.get(key)!r}: {why}; this model cannot be imported exactly")
+
+        for src, hf, _ in self.hf_config_keys():
+            values = HF_VALUE_MAPS.get(src, {})
+            if values and hf_config.get(hf) not in values.values():
+                refuse(hf, f"s3prl's {self.name} supports {sorted(values.values())}")
+        for key, value in self.hf_config_constants().items():
+            if hf_config.get(key, value) != value and not _same_number(hf_config.get(key), value):
+                refuse(key, f"s3prl's {self.name} always uses {value!r}")
+        for key, value in HF_UNSUPPORTED_OPTIONS.items():
+            if hf_config.get(key, value) != value:
+                refuse(key, f"s3prl's {self.name} has no such module (it needs {value!r})")
+        sizes = {len(hf_config[k]) for k in ("conv_dim", "conv_kernel", "conv_stride")}
+        if len(sizes) != 1:
+            refuse("conv_dim", "conv_dim, conv_kernel and conv_stride have different lengths")
+
+    def local_checkpoint(self, model_config: Mapping[str, Any], weights: Dict[str, Any], normalize: bool) -> Dict[str, Any]:
+        """A checkpoint in this family's s3prl local format; ``normalize``: the expert layer-normalises waveforms."""
+        ckpt = {self.config_key: dict(model_config), self.weights_key: weights}
+        ckpt["task_cfg"] = {**self.hf_import_task_defaults, "sample_rate": 16000, "normalize": bool(normalize)}
+        return ckpt
+
     def s3prl_config_from_hf(self, hf_config: Mapping[str, Any]) -> Dict[str, Any]:
         """The inverse of :meth:`hf_config_kwargs`: s3prl's plain-dict model config for a ``transformers``
         config dict (``config.to_dict()``)."""
@@ -238,9 +300,17 @@ class Family:
 
 
 class HubertFamily(Family):
+    # the label dictionaries only size the pre-training head; a config-only ``ckpt`` (and an import) gets a
+    # one-label one
+    NO_LABELS = (("0",),)
+
     def _new_model(self, cfg, ckpt):
-        # the label dictionaries only size the pre-training head; a config-only ``ckpt`` gets a one-label one
-        return _import(self.model_class)(cfg, self.task_config(ckpt), ckpt.get("dictionaries_symbols", [["0"]]))
+        labels = ckpt.get("dictionaries_symbols", [list(d) for d in self.NO_LABELS])
+        return _import(self.model_class)(cfg, self.task_config(ckpt), labels)
+
+    def local_checkpoint(self, model_config, weights, normalize):
+        labels = [list(d) for d in self.NO_LABELS]
+        return {**super().local_checkpoint(model_config, weights, normalize), "dictionaries_symbols": labels}
 
 
 class Wav2Vec2Family(Family):
@@ -263,6 +333,9 @@ class WavLMFamily(Family):
     def normalizes_waveform(self, ckpt):
         return bool(self.checkpoint_config(ckpt).normalize)
 
+    def local_checkpoint(self, model_config, weights, normalize):
+        return {self.config_key: {**model_config, "normalize": bool(normalize)}, self.weights_key: weights}
+
     def check_hf_exportable(self, cfg):
         from .errors import UserInputError
 
@@ -275,6 +348,10 @@ class WavLMFamily(Family):
 def _import(spec: str):
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _same_number(a, b) -> bool:
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-12 * max(abs(a), abs(b))
 
 
 def conv_layers(cfg) -> List[Tuple[int, int, int]]:
@@ -297,9 +374,11 @@ FAMILIES: Dict[str, Family] = {
         model_class="s3prl.upstream.hubert.hubert_model:HubertModel",
         hf_config_class="HubertConfig",
         hf_model_class="HubertModel",
+        hf_model_type="hubert",
         task_config_class="s3prl.upstream.hubert.hubert_model:HubertPretrainingConfig",
         hf_extra_config_constants={"feat_proj_layer_norm": True},
         hf_import_defaults={"label_rate": 50},  # HuBERT's pre-training label rate (Hz); not used at inference
+        hf_import_task_defaults={"label_rate": 50},
     ),
     "wav2vec2": Wav2Vec2Family(
         name="wav2vec2",
@@ -315,6 +394,7 @@ FAMILIES: Dict[str, Family] = {
         model_class="s3prl.upstream.wav2vec2.wav2vec2_model:Wav2Vec2Model",
         hf_config_class="Wav2Vec2Config",
         hf_model_class="Wav2Vec2Model",
+        hf_model_type="wav2vec2",
         task_config_class="s3prl.upstream.wav2vec2.wav2vec2_model:AudioPretrainingConfig",
         frame_mask=MASK_CONV_LENGTHS,
     ),
@@ -332,6 +412,9 @@ FAMILIES: Dict[str, Family] = {
         model_class="s3prl.upstream.wavlm.WavLM:WavLM",
         hf_config_class="WavLMConfig",
         hf_model_class="WavLMModel",
+        hf_model_type="wavlm",
+        # transformers' WavLM always has gated relative position bias (see check_hf_exportable)
+        hf_import_defaults={"relative_position_embedding": True, "gru_rel_pos": True},
         position_bias=True,
         first_layer_weights=("self_attn.relative_attention_bias.weight",),
         hf_extra_config_keys=(("num_buckets", "num_buckets", int), ("max_distance", "max_bucket_distance", int)),
@@ -369,6 +452,27 @@ def detect_family(ckpt: Mapping[str, Any]) -> Optional[str]:
         return None
     # HuBERT's keys include wav2vec 2.0's: the first family (in FAMILIES' order) whose keys are all there wins
     return next((f.name for f in FAMILIES.values() if f.matches(ckpt)), None)
+
+
+def family_for_hf_config(config: Mapping[str, Any], source) -> Family:
+    """The family of a ``transformers`` config.json (``model_type``, checked against ``architectures``);
+    :class:`UserInputError` for any other model, naming it."""
+    from .errors import UserInputError
+
+    model_type = config.get("model_type") if isinstance(config, Mapping) else None
+    architectures = list(config.get("architectures") or []) if isinstance(config, Mapping) else []
+    family = next((f for f in FAMILIES.values() if f.hf_model_type == model_type  # or, without model_type, the class
+                   or (model_type is None and architectures and architectures[0] in f.hf_architectures())), None)
+    supported = ", ".join(f.hf_model_class for f in FAMILIES.values())
+    if family is None:
+        what = f"model_type {model_type!r}" + (f" ({', '.join(map(str, architectures))})" if architectures else "")
+        raise UserInputError(f"{source} describes a {what} model; only {supported} (and their ForCTC / "
+                             "ForSequenceClassification variants) can be read", argument="ckpt")
+    other = [a for a in architectures if a not in family.hf_architectures()]
+    if other:
+        raise UserInputError(f"{source} is a {', '.join(other)}; of {family.hf_model_type} models only "
+                             f"{', '.join(family.hf_architectures())} can be read", argument="ckpt")
+    return family
 
 
 def family_for_upstream(name: str) -> Family:

@@ -90,6 +90,35 @@ def get_hub_entry(name: str):
     return entry
 
 
+def _check_ckpt(name: str, ckpt) -> str:
+    """``ckpt`` passed on as s3prl's ``-k`` is: a path, a folder, a URL or a hub id, as the entry takes it.
+    Refused early: an empty file, and a missing path for the ``*_local`` entries (which take a local file)."""
+    path = Path(ckpt)
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserInputError(f"`ckpt` {ckpt} is empty (0 bytes); re-copy or re-create the checkpoint")
+    if name.endswith("_local") and not path.exists() and not _is_url(str(ckpt)):
+        raise UserInputError(f"`ckpt` {ckpt} does not exist (or is not a file); give the path of the upstream's checkpoint")
+    return str(ckpt)
+
+
+def _folder_entry(name: str, ckpt: str):
+    """For a family's local entry (``hubert_local`` ...) given a ``transformers`` folder: an entry that builds
+    s3prl's expert from the folder converted in memory; None otherwise (the entry itself takes ``ckpt``)."""
+    from .families import FAMILIES
+
+    family = next((f for f in FAMILIES.values() if f.local_entry == name), None)
+    if family is None or not Path(ckpt).is_dir():
+        return None
+
+    def entry(ckpt, model_config=None, refresh=False, **kwargs):
+        from .checkpoints import checkpoint_buffer, load_family_checkpoint
+
+        _, converted = load_family_checkpoint(ckpt, expected_family=family.name)
+        return family.expert_class()(checkpoint_buffer(converted), **kwargs)
+
+    return entry
+
+
 def load_upstream(
     name: str,
     ckpt: Optional[Union[str, Path]] = None,
@@ -102,7 +131,9 @@ def load_upstream(
 
     Args:
         name: an ``s3prl.hub`` entry (``hubert_local``, ``wavlm_local``, ``distiller_local``, ``pruned_hubert``, ...).
-        ckpt: checkpoint path or URL (``None``: the entry's default; entries without local weights download them).
+        ckpt: as s3prl's ``-k``: a checkpoint path, a folder, a URL or a hub id, whatever the entry takes
+            (``None``: the entry's default; entries without local weights download them). The family
+            ``*_local`` entries (and this project's entries) also take a ``transformers`` model folder.
         model_config: the entry's model config YAML, if it takes one.
         device: where to put the upstream (see :func:`resolve_device`).
         refresh: passed to the entry (re-download a URL checkpoint).
@@ -110,13 +141,9 @@ def load_upstream(
     """
     dev = resolve_device(device)
     entry = get_hub_entry(name)
-    if ckpt is not None and not _is_url(str(ckpt)):
-        path = Path(ckpt)
-        if not path.is_file():
-            raise UserInputError(f"`ckpt` {ckpt} does not exist (or is not a file); give the path of the upstream's checkpoint")
-        if path.stat().st_size == 0:
-            raise UserInputError(f"`ckpt` {ckpt} is empty (0 bytes); re-copy or re-create the checkpoint")
-        ckpt = str(path)
+    if ckpt is not None:
+        ckpt = _check_ckpt(name, ckpt)
+        entry = _folder_entry(name, ckpt) or entry
     if model_config is not None:
         if not Path(model_config).is_file():
             raise UserInputError(f"`model_config` {model_config} does not exist (or is not a file); give the upstream's YAML config")
@@ -129,8 +156,8 @@ def load_upstream(
         source = f" from {ckpt}" if ckpt else " (no `ckpt`: the entry's default weights, which may need a download)"
         raise UpstreamLoadError(
             f"could not build upstream {name!r}{source}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            ". Check that `ckpt` is a checkpoint of the format this entry loads (e.g. hubert_local takes s3prl's "
-            "converted HuBERT checkpoints) and that any download is reachable."
+            ". Check that `ckpt` is what this entry loads (a checkpoint file for the *_local entries, a transformers "
+            "folder or hub id for the hf_* entries) and that any download is reachable."
         ) from e
     if upstream is None or not hasattr(upstream, "to"):
         raise UpstreamLoadError(f"s3prl hub entry {name!r} returned {type(upstream).__name__}, not an nn.Module upstream")

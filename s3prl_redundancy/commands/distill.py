@@ -26,7 +26,7 @@ def add_arguments(parser):
     parser.add_argument("--teacher", required=True,
                         help="teacher entry: hubert_local / wav2vec2_local / wavlm_local (with --ckpt), or hubert / "
                              "wav2vec2 / wavlm (s3prl's default weights, downloaded by s3prl)")
-    parser.add_argument("--ckpt", help="teacher checkpoint in s3prl's local format")
+    parser.add_argument("--ckpt", help="teacher checkpoint in s3prl's local format, or a transformers model folder (config.json + model.safetensors)")
     parser.add_argument("--data", required=True, help="folder of audio (searched recursively) or a file list")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--targets", default=None,

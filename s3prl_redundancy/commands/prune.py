@@ -22,7 +22,7 @@ def add_arguments(parser):
     from s3prl_redundancy.compression.strategies import BUILTIN_STRATEGIES  # the help lists built-ins: no plugin import here
 
     parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local, or tiny_hubert (the embedded model)")
-    parser.add_argument("--ckpt", help="source checkpoint (s3prl local format); default: s3prl's default weights for the family")
+    parser.add_argument("--ckpt", help="source checkpoint (s3prl local format) or a transformers model folder (config.json + model.safetensors); default: s3prl's default weights for the family")
     parser.add_argument("--out", required=True, help="output folder (pruned.pt, manifest.json, scores.png)")
     parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run of this command in --out (only those; other files are kept)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what the techniques would remove); write nothing")

@@ -45,7 +45,7 @@ def _positive_float(text: str) -> float:
 
 def add_arguments(parser):
     parser.add_argument("--upstream", required=True, help="s3prl hub entry, e.g. hubert_local, wav2vec2_local, wavlm_local, distiller_local, pruned_hubert")
-    parser.add_argument("--ckpt", help="upstream checkpoint (path or URL), passed to the entry as s3prl's -k/--upstream_ckpt")
+    parser.add_argument("--ckpt", help="upstream checkpoint, passed to the entry as s3prl's -k/--upstream_ckpt: a path, folder, URL or hub id, as the entry takes it (hf_*_custom: a transformers folder or hub id; the *_local and this project's entries also take a transformers folder)")
     parser.add_argument("--model-config", help="upstream model config YAML, passed to the entry as s3prl's -g/--upstream_model_config")
     parser.add_argument("--data", required=True, help="folder of audio (wav/flac/ogg, searched recursively) or a text file listing audio paths")
     parser.add_argument("--metrics", default="cosine,cka,debiased_cka,mknn",

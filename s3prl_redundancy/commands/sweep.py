@@ -15,7 +15,7 @@ FLAGS = {"out_dir": "--out", "similarity_metric": "--similarity"}
 
 def add_arguments(parser):
     parser.add_argument("--upstream", required=True, help="source family entry, e.g. hubert_local, wav2vec2_local, wavlm_local")
-    parser.add_argument("--ckpt", help="source checkpoint (s3prl local format); default: s3prl's default weights for the family")
+    parser.add_argument("--ckpt", help="source checkpoint (s3prl local format) or a transformers model folder (config.json + model.safetensors); default: s3prl's default weights for the family")
     parser.add_argument("--strategies", required=True, help="comma-separated, e.g. backward,forward,block-influence,convexity")
     parser.add_argument("--data", required=True, help="labelled audio: one sub-folder per class, or any folder with --labels")
     parser.add_argument("--labels", help="CSV with rows path,label")

@@ -30,6 +30,9 @@ audio (see :func:`compare_with_s3prl` for the one difference in conventions); a 
 written. Not exportable (clear error): checkpoints with removed attention heads,
 factorised layers or bridges (no ``transformers`` equivalent), WavLM without gated relative position
 bias, and position convolutions of depth > 1.
+
+The inverse, a ``transformers`` folder to an s3prl local checkpoint, is
+:mod:`s3prl_redundancy.transformers_import` (the same name mapping from :mod:`s3prl_redundancy.families`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 
 from ..errors import UserInputError
-from ..families import FAMILIES
+from ..families import FAMILIES, HF_FEATURE_PROJECTION, HF_POS_CONV_WEIGHT_NORM
 from .structure import META_KEY, family_of, model_config, structure_of
 
 def hf_config(ckpt: Mapping[str, Any]):
@@ -72,14 +75,9 @@ def map_weights(ckpt: Mapping[str, Any], hf_keys: Mapping[str, torch.Size]) -> D
             take(name.s3prl, name.hf)
     if "post_extract_proj.weight" not in w:  # s3prl applies no projection when the conv width equals the model width
         dim = int(cfg.encoder_embed_dim)
-        out["feature_projection.projection.weight"] = torch.eye(dim)
-        out["feature_projection.projection.bias"] = torch.zeros(dim)
-    g_name, v_name = (("encoder.pos_conv_embed.conv.parametrizations.weight.original0",
-                       "encoder.pos_conv_embed.conv.parametrizations.weight.original1")
-                      if "encoder.pos_conv_embed.conv.parametrizations.weight.original0" in hf_keys
-                      else ("encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.weight_v"))
-    take("encoder.pos_conv.0.weight_g", g_name)
-    take("encoder.pos_conv.0.weight_v", v_name)
+        out[HF_FEATURE_PROJECTION[0]], out[HF_FEATURE_PROJECTION[1]] = torch.eye(dim), torch.zeros(dim)
+    for s3prl_name, hf_names in HF_POS_CONV_WEIGHT_NORM:  # the target's convention (depends on the torch version)
+        take(s3prl_name, next((h for h in hf_names if h in hf_keys), hf_names[0]))
     missing = sorted(set(hf_keys) - set(out))
     extra = sorted(set(out) - set(hf_keys))
     unused = sorted(k for k in w if k.startswith(("feature_extractor.", "layer_norm.", "post_extract_proj.", "encoder.")) and k not in used)

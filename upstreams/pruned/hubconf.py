@@ -1,7 +1,8 @@
 """Hub entries for layer-pruned upstreams (s3prl calls them with ``ckpt=``, ``model_config=``, ``refresh=``).
 
-- ``-k``: a source checkpoint in the family's s3prl local format, or one written by ``s3prl-redundancy prune``;
-  none: the weights of s3prl's ``hubert`` / ``wav2vec2`` / ``wavlm`` entry (downloaded by s3prl's own code).
+- ``-k``: a source checkpoint in the family's s3prl local format, a ``transformers`` model folder (``config.json`` +
+  ``model.safetensors``, converted in memory), or one written by ``s3prl-redundancy prune``; none: the weights of
+  s3prl's ``hubert`` / ``wav2vec2`` / ``wavlm`` entry (downloaded by s3prl's own code).
 - ``-g``: a YAML file with ``keep_layers: [0, 1, 3, ...]`` (0-based layers of the source model); not needed
   with a pruned checkpoint.
 """

@@ -1,0 +1,233 @@
+"""SUPERB on a cluster (:mod:`s3prl_redundancy.superb.cluster`) without SLURM: the sbatch script submitit would
+submit for the given options (rendered, not submitted), the job callable's resume logic, and real submitit jobs
+through submitit's ``LocalExecutor`` (separate processes, pickled callables) running a stand-in for s3prl that
+saves ``states-<step>.ckpt`` like s3prl does: a SIGTERM to the job stops it, the job is requeued and resumes from
+its last checkpoint; a second launcher adopts a running job; a launcher that does not wait detaches.
+
+LocalExecutor's requeue: its controller restarts a task that exits with status 144, which submitit's
+preemption handler (USR2, :meth:`S3prlJob.checkpoint`) does after dumping the resubmission; a SIGTERM sent to the
+controller is forwarded to the task. The end-to-end runs through s3prl are in ``test_superb_cluster_e2e.py``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from s3prl_redundancy import cli
+from s3prl_redundancy.errors import UserInputError
+from s3prl_redundancy.superb.cluster import (
+    ClusterOptions, S3prlJob, SubmititLauncher, known_job, sbatch_script, torchrun_command, with_checkpoint,
+)
+from s3prl_redundancy.superb.launch import JobDetached, LaunchRequest
+
+FAKE_S3PRL = textwrap.dedent('''
+    """Stand-in for s3prl's run_downstream -m train: steps of 0.3 s to --total, states-<step>.ckpt every 2 steps,
+    -e CKPT resumes after that step (the last -e wins, as with argparse)."""
+    import os, sys, time, zipfile
+    args = sys.argv[1:]
+    expdir, total = args[args.index("-p") + 1], int(args[args.index("--total") + 1])
+    start = 0
+    if "-e" in args:
+        ckpt = args[len(args) - 1 - args[::-1].index("-e") + 1]
+        start = int(os.path.basename(ckpt)[len("states-"):-len(".ckpt")])
+        print(f"Resume from {ckpt}", flush=True)
+    else:
+        print("Start a new experiment", flush=True)
+    os.makedirs(expdir, exist_ok=True)
+    for step in range(start + 1, total + 1):
+        time.sleep(0.3)
+        print(f"step {step}", flush=True)
+        if step % 2 == 0:
+            with zipfile.ZipFile(os.path.join(expdir, f"states-{step}.ckpt"), "w") as z:
+                z.writestr("step", str(step))
+    print("done", flush=True)
+''')
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    script = tmp_path / "fake_s3prl.py"
+    script.write_text(FAKE_S3PRL)
+    run_dir = tmp_path / "exp" / "runs" / "base" / "ks"
+    run_dir.mkdir(parents=True)
+
+    def request(total: int) -> LaunchRequest:
+        command = [sys.executable, str(script), "-m", "train", "-p", str(run_dir / "expdir"), "--total", str(total)]
+        return LaunchRequest(command=command, log=run_dir / "train.log", cwd=run_dir, env=dict(os.environ),
+                             phase="train", name="base/ks")
+
+    return run_dir, request
+
+
+def _launcher(tmp_path: Path, **kwargs) -> SubmititLauncher:
+    launcher = SubmititLauncher("submitit-local", tmp_path / "exp" / "runs" / ".submitit", **kwargs)
+    launcher.batch_window_s = 0.2
+    return launcher
+
+
+def _wait_for(predicate, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------------
+# the sbatch script and the command lines (no process)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_sbatch_script_has_the_options_as_sbatch_lines(tmp_path):
+    options = ClusterOptions(partition="gpu", gpus_per_run=2, cpus_per_run=10, mem_gb=64, time_min=720,
+                             account="speech", qos="high", array_parallelism=3, sbatch={"constraint": "a100"},
+                             setup=["module load cuda/12.1"])
+    text = sbatch_script(options, tmp_path / "%j", array_size=8)
+    lines = set(text.splitlines())
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=10",
+                 "#SBATCH --mem=64GB", "#SBATCH --time=720", "#SBATCH --account=speech", "#SBATCH --qos=high",
+                 "#SBATCH --constraint=a100", "#SBATCH --array=0-7%3", "#SBATCH --nodes=1",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --signal=USR2@120", "module load cuda/12.1"):
+        assert line in lines, (line, text)
+    assert "submitit.core._submit" in text
+    single = sbatch_script(ClusterOptions(gpus_per_run=0), tmp_path / "%j", name="superb-base-ks-train")
+    assert "#SBATCH --array" not in single and "gpus-per-node" not in single and "--partition" not in single
+    assert "#SBATCH --job-name=superb-base-ks-train" in single.splitlines()
+
+
+def test_cli_options_become_cluster_options(tmp_path, monkeypatch):
+    from s3prl_redundancy.commands import superb as command
+
+    seen = {}
+    monkeypatch.setattr("s3prl_redundancy.superb.runner.run_superb",
+                        lambda opts, launcher=None: seen.update(opts=opts, launcher=launcher) or {"failed": []})
+    (tmp_path / "data").mkdir()
+    code = cli.main(["superb", "--upstreams", "fbank", "--tasks", "ks", "--data-root", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "exp"), "--launcher", "slurm", "--no-wait", "--partition", "gpu",
+                     "--gpus-per-run", "2", "--cpus-per-run", "6", "--mem-gb", "40", "--time-min", "90",
+                     "--account", "a", "--qos", "q", "--array-parallelism", "4", "--sbatch", "constraint=a100",
+                     "--sbatch", "mail-type=END", "--slurm-setup", "module load cuda"])
+    assert code == 0
+    launcher = seen["launcher"]
+    assert launcher.name == "slurm" and not launcher.wait
+    assert launcher.folder == (tmp_path / "exp" / "runs" / ".submitit").resolve()
+    o = launcher.options
+    assert (o.partition, o.gpus_per_run, o.cpus_per_run, o.mem_gb, o.time_min, o.account, o.qos,
+            o.array_parallelism) == ("gpu", 2, 6, 40.0, 90, "a", "q", 4)
+    assert o.sbatch == {"constraint": "a100", "mail-type": "END"} and o.setup == ["module load cuda"]
+    assert command.parse_sbatch(["--exclusive=user"]) == {"exclusive": "user"}
+    with pytest.raises(UserInputError, match="KEY=VALUE"):
+        command.parse_sbatch(["constraint"])
+
+
+def test_bad_cluster_options_are_refused_by_name(tmp_path):
+    with pytest.raises(UserInputError) as e:
+        ClusterOptions(gpus_per_run=-1).validate()
+    assert e.value.argument == "gpus_per_run"
+    with pytest.raises(UserInputError) as e:
+        ClusterOptions(time_min=0).validate()
+    assert e.value.argument == "time_min"
+    from s3prl_redundancy.superb.cluster import make_launcher
+
+    with pytest.raises(UserInputError) as e:
+        make_launcher("local", tmp_path, wait=False)
+    assert e.value.argument == "wait"
+
+
+def test_training_job_resumes_from_the_latest_complete_checkpoint(fake_run):
+    run_dir, request = fake_run
+    req = request(4)
+    job = S3prlJob(req.command, req.log, req.cwd, {}, "train")
+    assert job.command_now() == req.command  # nothing saved yet: from scratch
+    (run_dir / "expdir").mkdir()
+    for step in (2, 4):
+        with zipfile.ZipFile(run_dir / "expdir" / f"states-{step}.ckpt", "w") as z:
+            z.writestr("x", "1")
+    (run_dir / "expdir" / "states-6.ckpt").write_bytes(b"cut short by a kill")
+    assert job.command_now() == [*req.command, "-e", str(run_dir / "expdir" / "states-4.ckpt")]
+    test_job = S3prlJob(req.command, req.log, req.cwd, {}, "test")
+    assert test_job.command_now() == req.command  # an evaluation is simply run again
+    assert with_checkpoint(["a"], None) == ["a"]
+    ddp = S3prlJob(req.command, req.log, req.cwd, {}, "train", gpus=2).command_now()
+    assert ddp[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert ddp[-2:] == ["-e", str(run_dir / "expdir" / "states-4.ckpt")]
+
+
+def test_torchrun_wrapper_passes_local_rank_to_the_command(tmp_path):
+    """s3prl reads the rank from --local_rank only; the wrapper appends it for each torchrun process."""
+    (tmp_path / "show_args.py").write_text("import sys; print('ARGV', sys.argv[1:], flush=True)\n")
+    command = torchrun_command([sys.executable, "-m", "show_args", "-m", "train"], 2)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1")
+    out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("ARGV"))
+    assert lines == ["ARGV ['-m', 'train', '--local_rank', '0']", "ARGV ['-m', 'train', '--local_rank', '1']"]
+
+
+# --------------------------------------------------------------------------------------------------
+# real submitit jobs (LocalExecutor)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_sigterm_requeues_the_job_and_it_resumes_from_its_checkpoint(fake_run, tmp_path):
+    run_dir, request = fake_run
+    launcher = _launcher(tmp_path)
+    handle = launcher.launch(request(12))
+    assert handle.job_id and (tmp_path / "exp" / "runs" / ".submitit" / handle.job_id).is_dir()
+    _wait_for(lambda: (run_dir / "expdir" / "states-4.ckpt").exists())
+    os.kill(int(handle.job_id), signal.SIGTERM)  # what SLURM sends a job it preempts (the controller forwards it)
+    assert handle.wait() == 0
+    log = (run_dir / "train.log").read_text()
+    assert log.count("Start a new experiment") == 1 and log.count("Resume from") == 1
+    assert "job stopped (preemption or time limit): requeued" in log
+    resumed_at = int(log.split("Resume from")[1].split("states-")[1].split(".ckpt")[0])
+    steps = [int(line.split()[1]) for line in log.splitlines() if line.startswith("step ")]
+    first_run, second_run = steps[:steps.index(resumed_at + 1, 1)], steps[steps.index(resumed_at + 1, 1):]
+    assert resumed_at >= 4 and second_run == list(range(resumed_at + 1, 13))  # went on, not from step 1
+    assert first_run[0] == 1 and max(first_run) >= resumed_at
+    assert sorted(int(p.name[7:-5]) for p in (run_dir / "expdir").glob("states-*.ckpt"))[-1] == 12
+
+
+def test_a_second_launcher_adopts_the_running_job_and_no_wait_detaches(fake_run, tmp_path):
+    run_dir, request = fake_run
+    first = _launcher(tmp_path, wait=False)
+    handle = first.launch(request(6))
+    with pytest.raises(JobDetached) as e:
+        handle.wait()
+    assert e.value.job_id == handle.job_id
+    second = _launcher(tmp_path)  # another invocation: a new launcher, the job id from run.json
+    adopted = second.adopt(handle.job_id, request(6))
+    assert adopted is not None and adopted.job_id == handle.job_id
+    assert adopted.wait() == 0
+    assert (run_dir / "train.log").read_text().count("Start a new experiment") == 1
+    jobs = [p.name for p in (tmp_path / "exp" / "runs" / ".submitit").iterdir() if p.name != "%j"]
+    assert jobs == [handle.job_id]  # nothing submitted twice
+    # finished with a result: still adoptable (its status is reported); an unknown id is not
+    assert known_job("submitit-local", tmp_path / "exp" / "runs" / ".submitit", handle.job_id) is not None
+    assert second.adopt("999999999", request(6)) is None
+
+
+def test_requests_arriving_together_are_submitted_in_one_batch(fake_run, tmp_path, monkeypatch):
+    import threading
+
+    run_dir, request = fake_run
+    launcher = _launcher(tmp_path)
+    launcher.batch_window_s = 0.5
+    batches = []
+    original = launcher._submit
+    monkeypatch.setattr(launcher, "_submit", lambda batch: (batches.append(len(batch)), original(batch))[1])
+    handles = []
+    threads = [threading.Thread(target=lambda: handles.append(launcher.launch(request(2)))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert batches == [3] and len({h.job_id for h in handles}) == 3
+    assert [h.wait() for h in handles] == [0, 0, 0]

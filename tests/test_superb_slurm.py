@@ -160,6 +160,7 @@ def test_training_job_resumes_from_the_latest_complete_checkpoint(fake_run):
     assert ddp[-2:] == ["-e", str(run_dir / "expdir" / "states-4.ckpt")]
 
 
+@pytest.mark.slow
 def test_torchrun_wrapper_passes_local_rank_to_the_command(tmp_path):
     """s3prl reads the rank from --local_rank only; the wrapper appends it for each torchrun process."""
     (tmp_path / "show_args.py").write_text("import sys; print('ARGV', sys.argv[1:], flush=True)\n")
@@ -172,10 +173,11 @@ def test_torchrun_wrapper_passes_local_rank_to_the_command(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# real submitit jobs (LocalExecutor)
+# real submitit jobs (LocalExecutor): several processes each, a few seconds: slow-marked
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_requeues_the_job_and_it_resumes_from_its_checkpoint(fake_run, tmp_path):
     run_dir, request = fake_run
     launcher = _launcher(tmp_path)
@@ -195,6 +197,7 @@ def test_sigterm_requeues_the_job_and_it_resumes_from_its_checkpoint(fake_run, t
     assert sorted(int(p.name[7:-5]) for p in (run_dir / "expdir").glob("states-*.ckpt"))[-1] == 12
 
 
+@pytest.mark.slow
 def test_a_second_launcher_adopts_the_running_job_and_no_wait_detaches(fake_run, tmp_path):
     run_dir, request = fake_run
     first = _launcher(tmp_path, wait=False)
@@ -214,6 +217,7 @@ def test_a_second_launcher_adopts_the_running_job_and_no_wait_detaches(fake_run,
     assert second.adopt("999999999", request(6)) is None
 
 
+@pytest.mark.slow
 def test_requests_arriving_together_are_submitted_in_one_batch(fake_run, tmp_path, monkeypatch):
     import threading
 

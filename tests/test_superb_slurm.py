@@ -110,7 +110,8 @@ def test_cli_options_become_cluster_options(tmp_path, monkeypatch):
                         lambda opts, launcher=None: seen.update(opts=opts, launcher=launcher) or {"failed": []})
     (tmp_path / "data").mkdir()
     code = cli.main(["superb", "--upstreams", "fbank", "--tasks", "ks", "--data-root", str(tmp_path / "data"),
-                     "--out", str(tmp_path / "exp"), "--launcher", "slurm", "--no-wait", "--partition", "gpu",
+                     "--out", str(tmp_path / "exp"), "--launcher", "slurm", "--device", "cuda", "--no-wait",
+                     "--partition", "gpu",
                      "--gpus-per-run", "2", "--cpus-per-run", "6", "--mem-gb", "40", "--time-min", "90",
                      "--account", "a", "--qos", "q", "--array-parallelism", "4", "--sbatch", "constraint=a100",
                      "--sbatch", "mail-type=END", "--slurm-setup", "module load cuda"])
@@ -125,6 +126,27 @@ def test_cli_options_become_cluster_options(tmp_path, monkeypatch):
     assert command.parse_sbatch(["--exclusive=user"]) == {"exclusive": "user"}
     with pytest.raises(UserInputError, match="KEY=VALUE"):
         command.parse_sbatch(["constraint"])
+
+
+def test_options_that_do_not_apply_are_refused(tmp_path, capsys):
+    from s3prl_redundancy.commands.superb import cluster_options
+
+    with pytest.raises(UserInputError) as e:
+        cluster_options("local", "cpu", partition="gpu")
+    assert e.value.argument == "partition" and "`launcher='slurm'` only" in str(e.value)
+    with pytest.raises(UserInputError) as e:
+        cluster_options("local", "cpu", time_min=60)
+    assert e.value.argument == "time_min"
+    assert cluster_options("submitit-local", "cpu", time_min=60).time_min == 60
+    with pytest.raises(UserInputError) as e:
+        cluster_options("slurm", "cpu")  # a GPU per job by default, but s3prl would run on cpu
+    assert e.value.argument == "device"
+    assert cluster_options("slurm", "cpu", gpus_per_run=0).gpus_per_run == 0
+    assert cluster_options("slurm", "cuda").gpus_per_run == 1
+    (tmp_path / "data").mkdir()
+    code = cli.main(["superb", "--upstreams", "fbank", "--tasks", "ks", "--data-root", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "exp"), "--sbatch", "constraint=a100"])
+    assert code == 2 and "--sbatch: applies to --launcher 'slurm' only, not to --launcher 'local'" in capsys.readouterr().err
 
 
 def test_bad_cluster_options_are_refused_by_name(tmp_path):
@@ -235,3 +257,20 @@ def test_requests_arriving_together_are_submitted_in_one_batch(fake_run, tmp_pat
         t.join()
     assert batches == [3] and len({h.job_id for h in handles}) == 3
     assert [h.wait() for h in handles] == [0, 0, 0]
+
+
+def test_a_cluster_launcher_needs_no_cuda_on_the_submitting_host():
+    import torch
+
+    from s3prl_redundancy.superb.launch import SubprocessLauncher
+    from s3prl_redundancy.superb.runner import _cost_device
+
+    if torch.cuda.is_available():
+        pytest.skip("checks a host without CUDA")
+    slurm = SubmititLauncher("slurm", Path("unused"), ClusterOptions())
+    assert _cost_device("cuda", slurm) == "cpu"  # the runs get their GPUs on the cluster; latency on this cpu
+    assert _cost_device("cpu", SubprocessLauncher()) == "cpu"
+    with pytest.raises(UserInputError, match="cuda"):
+        _cost_device("cuda", SubprocessLauncher())  # local runs need CUDA here
+    with pytest.raises(UserInputError):
+        _cost_device("cuda", SubmititLauncher("submitit-local", Path("unused")))

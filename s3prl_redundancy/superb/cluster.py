@@ -302,6 +302,7 @@ class SubmititLauncher(Launcher):
         self.options = (options or ClusterOptions()).validate()
         self.poll_s = poll_s if poll_s is not None else (30.0 if kind == "slurm" else 1.0)
         self.parallel_runs = 100000  # every run at once: the scheduler (array_parallelism) decides what runs
+        self.runs_elsewhere = kind == "slurm"
         self._executor = None
         self._pending: List[_Pending] = []
         self._lock, self._submit_lock = threading.Lock(), threading.Lock()

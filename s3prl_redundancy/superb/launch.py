@@ -93,6 +93,9 @@ class Launcher(abc.ABC):
     name: str = "launcher"
     """Recorded in run.json next to a job id, so a later invocation knows which launcher may adopt it."""
 
+    runs_elsewhere: bool = False
+    """True when the processes execute on other machines (a cluster): this host need not have their device."""
+
     parallel_runs: Optional[int] = None
     """How many runs the runner drives at once with this launcher; None: the runner's ``jobs``. A batch scheduler
     takes every run at once (its own limits decide what executes)."""

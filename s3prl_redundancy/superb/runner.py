@@ -391,6 +391,24 @@ def _run_all(plans: List[RunPlan], opts: SuperbOptions, launcher: Launcher) -> L
         printer.close()
 
 
+def _cost_device(device: str, launcher: Launcher) -> str:
+    """Where the leaderboard measures latency: ``device``, checked here; a launcher whose runs execute on other
+    machines (a cluster) does not need CUDA on this one, and latency is then measured on cpu when it has none."""
+    if not device.startswith("cuda"):
+        return device
+    if launcher.runs_elsewhere:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"note: runs go to {device} on the cluster; this host has no CUDA, so the leaderboard measures "
+                  "latency on cpu", flush=True)
+            return "cpu"
+    from ..upstream_loading import resolve_device
+
+    resolve_device(device)
+    return device
+
+
 def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, None] = None,
                validate_hub: bool = True) -> Dict[str, Any]:
     """Run (or resume) every upstream x task of ``opts``; write the leaderboard at the end.
@@ -401,10 +419,8 @@ def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, No
     inside s3prl only fails its run.
     """
     opts.validate()
-    if opts.device.startswith("cuda"):
-        from ..upstream_loading import resolve_device
-
-        resolve_device(opts.device)
+    launcher = as_launcher(launcher)
+    cost_device = _cost_device(opts.device, launcher)
     out = _output_dir(opts)
     if validate_hub:
         validate_upstreams(opts.upstreams)
@@ -421,7 +437,7 @@ def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, No
           f"({'ER folds ' + ','.join(f[4:] for f in opts.er_folds) if 'er' in opts.tasks else 'no ER'}), profile "
           f"{opts.profile}, device {opts.device}, data {data_info['kind']} at {data_info['root']}, out {opts.out}",
           flush=True)
-    records = _run_all(plans, opts, as_launcher(launcher))
+    records = _run_all(plans, opts, launcher)
     detached = [r for r in records if r.get("detached")]
     failed = [r for r in records if r.get("status") != STATUS_FINISHED and not r.get("detached")]
     summary: Dict[str, Any] = {"runs": records, "failed": failed, "detached": detached, "leaderboard": None}
@@ -431,7 +447,7 @@ def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, No
     if opts.leaderboard and not detached:
         from .leaderboard import COST_JSON, FILES, build_leaderboard, write_leaderboard
 
-        board = build_leaderboard(opts.out, reference=opts.reference, device=opts.device,
+        board = build_leaderboard(opts.out, reference=opts.reference, device=cost_device,
                                   cost_seconds=opts.cost_seconds, cost_repeats=opts.cost_repeats, threads=opts.threads)
         out.record(COST_JSON, *FILES.values())
         summary["leaderboard"] = write_leaderboard(board, opts.out)

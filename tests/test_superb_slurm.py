@@ -199,14 +199,32 @@ def test_torchrun_wrapper_passes_local_rank_to_the_command(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
+def _pids_of(script: Path):
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(script).encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
 @pytest.mark.slow
-def test_sigterm_requeues_the_job_and_it_resumes_from_its_checkpoint(fake_run, tmp_path):
+@pytest.mark.parametrize("target", ["job", "s3prl"])
+def test_sigterm_requeues_the_job_and_it_resumes_from_its_checkpoint(fake_run, tmp_path, target):
+    """``job``: SLURM stops the job (the controller forwards SIGTERM to the job process, which stops s3prl);
+    ``s3prl``: only the s3prl process gets it (on SLURM every process of the job does)."""
     run_dir, request = fake_run
     launcher = _launcher(tmp_path)
     handle = launcher.launch(request(12))
     assert handle.job_id and (tmp_path / "exp" / "runs" / ".submitit" / handle.job_id).is_dir()
     _wait_for(lambda: (run_dir / "expdir" / "states-4.ckpt").exists())
-    os.kill(int(handle.job_id), signal.SIGTERM)  # what SLURM sends a job it preempts (the controller forwards it)
+    if target == "job":
+        os.kill(int(handle.job_id), signal.SIGTERM)
+    else:
+        (pid,) = _pids_of(tmp_path / "fake_s3prl.py")
+        os.kill(pid, signal.SIGTERM)
     assert handle.wait() == 0
     log = (run_dir / "train.log").read_text()
     assert log.count("Start a new experiment") == 1 and log.count("Resume from") == 1

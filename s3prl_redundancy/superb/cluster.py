@@ -187,7 +187,7 @@ class S3prlJob:
         try:
             while (code := self._proc.poll()) is None:
                 time.sleep(0.5)
-            if self._stopped or code == -signal.SIGTERM:
+            if code != 0 and (self._stopped or code == -signal.SIGTERM):
                 self._requeue()
             return code
         finally:
@@ -204,14 +204,22 @@ class S3prlJob:
                 pass
 
     def _requeue(self) -> None:
-        """Take submitit's preemption path (USR2: :meth:`checkpoint`, then requeue and exit); when it does not
-        end this process (it should), return and let the exit status speak."""
-        from submitit import JobEnvironment
+        """After a SIGTERM (preemption): submitit's own steps on USR2 (dump the resubmission from
+        :meth:`checkpoint`, ask the scheduler to requeue the job), then exit *without* a result, so that a
+        waiting runner keeps waiting for the requeued job, or sees a cancelled one end. When the requeue is
+        refused (the job was cancelled, or the scheduler requeues preempted jobs itself) nothing else changes."""
+        from submitit.core import job_environment, utils
 
-        os.kill(os.getpid(), JobEnvironment._usr_sig())
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
+        env = job_environment.JobEnvironment()
+        path = env.paths.submitted_pickle
+        delayed = utils.DelayedSubmission.load(path)
+        if not job_environment._checkpoint(delayed, path, delayed._timeout_countdown):
+            try:
+                env._requeue(delayed._timeout_countdown)  # LocalExecutor: exits with its requeue status here
+            except Exception as e:  # scontrol refused
+                print(f"requeue refused ({e}): the job was cancelled, or the scheduler requeues it itself",
+                      file=sys.stderr, flush=True)
+        sys.exit(-1)
 
     def _stop_child(self) -> None:
         """SIGTERM to the child's process group, SIGKILL after :attr:`grace_s`; reaps it without Popen's lock (this

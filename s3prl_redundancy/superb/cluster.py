@@ -12,9 +12,9 @@ requeue, SLURM's own requeue after a preemption) a training job looks for the la
 ``expdir/states-*.ckpt`` and, when there is one, runs s3prl with ``-e <checkpoint>`` appended (s3prl restores
 step, optimizer and downstream from it; its other arguments come from the checkpoint). submitit's checkpointing
 hook (:meth:`S3prlJob.checkpoint`, called on the time-limit / preemption signal, USR2) stops the child gracefully
-and returns a resubmission of the same callable. A SIGTERM sent to the job (SLURM's preemption, ``scancel
---signal TERM``) stops the child as well and takes the same path (checkpoint, requeue); a cancelled job cannot be
-requeued and fails.
+and returns a resubmission of the same callable. A SIGTERM (SLURM's preemption; it reaches the child too) takes
+the same steps (checkpoint, requeue) and exits without a result, so a waiting runner keeps waiting for the
+requeued job; a cancelled job cannot be requeued, ends without a result, and its run fails.
 
 The folder of the executor is ``<out>/runs/.submitit/`` (submitit's pickles and its own logs, ``%j`` per job); the
 run folders stay the record: ``run.json[phase]`` holds the job id and the launcher name while a job is out, so a

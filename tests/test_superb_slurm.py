@@ -292,3 +292,48 @@ def test_a_cluster_launcher_needs_no_cuda_on_the_submitting_host():
         _cost_device("cuda", SubprocessLauncher())  # local runs need CUDA here
     with pytest.raises(UserInputError):
         _cost_device("cuda", SubmititLauncher("submitit-local", Path("unused")))
+
+
+def test_superb_status_prints_every_run(tmp_path, capsys):
+    import json
+
+    from s3prl_redundancy.superb.runs import RUN_FORMAT, write_run_json
+
+    out = tmp_path / "exp"
+
+    def run(label, task, status, **fields):
+        folder = out / "runs" / label / task
+        folder.mkdir(parents=True)
+        record = {"format": RUN_FORMAT, "upstream": label, "task": task, "status": status, "train": {}, "test": {}}
+        for key, value in fields.items():
+            record[key] = value
+        write_run_json(folder, record)
+        return folder
+
+    run("base", "ks", "finished", metric={"metric": "acc", "value": 0.93})
+    failed = run("base", "asr", "failed", error="training exited with status 1")
+    (failed / "train.log").write_text("".join(f"line {i}\n" for i in range(40)) + "CUDA out of memory\n")
+    write_run_json(failed, dict(json.loads((failed / "run.json").read_text()), log=str(failed / "train.log")))
+    run("base", "sid", "training", train={"job_id": "4242", "launcher": "slurm", "log": "x"})  # no sacct here
+    run("base", "er-fold1", "testing", test={"job_id": "999999999", "launcher": "submitit-local"})  # gone
+    run("small", "ks", "training")  # no job, nobody holds its lock
+    run("small", "sid", "planned")
+    assert cli.main(["superb-status", str(out), "--tail", "3"]) == 0
+    text = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in text.splitlines() if line and not line.startswith(" ")}
+    assert lines["base/ks"].split()[1] == "finished" and "acc 0.93" in lines["base/ks"]
+    assert lines["base/asr"].split()[1] == "failed" and "training exited with status 1" in lines["base/asr"]
+    assert "  | CUDA out of memory" in text and "  | line 38" in text and "line 36" not in text
+    assert lines["base/sid"].split()[1] == "unknown" and "job 4242 (slurm, train)" in lines["base/sid"]
+    assert lines["base/er-fold1"].split()[1] == "ended" and "job 999999999 (submitit-local, test)" in lines["base/er-fold1"]
+    assert lines["small/ks"].split()[1] == "interrupted" and lines["small/sid"].split()[1] == "planned"
+    assert cli.main(["superb-status", str(out), "--json"]) == 0
+    states = {s["run"]: s["state"] for s in json.loads(capsys.readouterr().out)}
+    assert states["base/sid"] == "unknown" and len(states) == 6
+    assert cli.main(["superb-status", str(tmp_path / "nothing")]) == 2
+    assert "has no runs/ folder" in capsys.readouterr().err
+
+
+def test_a_slurm_job_whose_state_is_unknown_is_adopted_not_submitted_again(tmp_path):
+    """Without an answer from sacct (here: no SLURM at all) the job may still run: never submit twice on a guess."""
+    assert known_job("slurm", tmp_path, "4242") is not None

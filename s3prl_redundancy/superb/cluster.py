@@ -377,7 +377,10 @@ class SubmititLauncher(Launcher):
 # ==================================================================================================
 
 SLURM_WAITING = ("PENDING", "REQUEUED", "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
-SLURM_ALIVE = SLURM_WAITING + ("RUNNING", "COMPLETING", "SUSPENDED", "PREEMPTED", "RESIZING", "STAGE_OUT", "SIGNALING")
+SLURM_ALIVE = SLURM_WAITING + ("RUNNING", "COMPLETING", "SUSPENDED", "PREEMPTED", "RESIZING", "STAGE_OUT", "SIGNALING",
+                                "READY", "UNKNOWN")
+"""States in which a job may still run. UNKNOWN (sacct does not answer, or does not list a job submitted a moment
+ago) counts: a job is never submitted twice on a guess."""
 
 
 def _local_job_class():
@@ -420,13 +423,16 @@ def known_job(kind: str, folder: Path, job_id: str) -> Any:
     return None
 
 
-def job_state(kind: str, folder: Path, job_id: str) -> str:
-    """``queued``, ``running``, ``ended`` (finished or died; the next ``superb`` collects it) or ``unknown``."""
+def job_state(kind: str, folder: Path, job_id: str, mode: str = "force") -> str:
+    """``queued``, ``running``, ``ended`` (finished or died; the next ``superb`` collects it) or ``unknown``.
+    ``mode``: submitit's watcher mode for SLURM (``cache`` after :func:`refresh_slurm_states`)."""
     try:
         if kind == "slurm":
-            import submitit
+            from submitit.slurm.slurm import SlurmJob
 
-            state = submitit.SlurmJob(Path(folder) / "%j", job_id).watcher.get_state(job_id, mode="force")
+            state = SlurmJob.watcher.get_state(job_id, mode=mode)
+            if state == "UNKNOWN":
+                return "unknown"
             return "queued" if state in SLURM_WAITING else "running" if state in SLURM_ALIVE else "ended"
         if kind == "submitit-local":
             return "running" if _controller_alive(job_id) else "ended"
@@ -435,7 +441,17 @@ def job_state(kind: str, folder: Path, job_id: str) -> str:
     return "unknown"
 
 
-def run_state(run_dir: Path, record: Mapping[str, Any], jobs_folder: Path, tail: int = 15) -> Dict[str, Any]:
+def refresh_slurm_states(job_ids: Sequence[str]) -> None:
+    """One ``sacct`` call for all ``job_ids`` (submitit's shared watcher), instead of one per job."""
+    from submitit.slurm.slurm import SlurmJob
+
+    for job_id in job_ids:
+        SlurmJob.watcher.register_job(str(job_id))
+    SlurmJob.watcher.update()
+
+
+def run_state(run_dir: Path, record: Mapping[str, Any], jobs_folder: Path, tail: int = 15,
+              mode: str = "force") -> Dict[str, Any]:
     """What one run is doing now: ``{"run", "state", "phase", "job_id", "launcher", "detail", "log", "log_tail"}``.
     ``state``: finished, failed, queued, running, ended (its job ended; the next ``superb`` collects it),
     interrupted (no process or job runs it) or planned."""
@@ -455,7 +471,7 @@ def run_state(run_dir: Path, record: Mapping[str, Any], jobs_folder: Path, tail:
             phase, section = job
             out.update(phase=phase, job_id=str(section["job_id"]), launcher=section.get("launcher"),
                        log=section.get("log") or out["log"])
-            out["state"] = job_state(str(section.get("launcher")), jobs_folder, str(section["job_id"]))
+            out["state"] = job_state(str(section.get("launcher")), jobs_folder, str(section["job_id"]), mode)
         else:
             with run_lock(run_dir) as fd:  # held while a local superb process runs it
                 out["state"] = "running" if fd is None else "interrupted"
@@ -465,7 +481,14 @@ def run_state(run_dir: Path, record: Mapping[str, Any], jobs_folder: Path, tail:
 def experiment_status(out: Path, tail: int = 15) -> List[Dict[str, Any]]:
     """:func:`run_state` of every run of the experiment folder ``out``."""
     jobs_folder = Path(out) / RUNS_DIR / JOBS_DIR
-    return [run_state(run_dir, record, jobs_folder, tail) for run_dir, record in run_records(out)]
+    runs = list(run_records(out))
+    slurm = [job[1]["job_id"] for _, record in runs if (job := job_of(record)) and job[1].get("launcher") == "slurm"]
+    if slurm:
+        try:
+            refresh_slurm_states(slurm)
+        except Exception:  # no sacct on this host: the states say unknown
+            pass
+    return [run_state(run_dir, record, jobs_folder, tail, mode="cache") for run_dir, record in runs]
 
 
 def make_launcher(kind: str, out: Path, options: Optional[ClusterOptions] = None, wait: bool = True) -> Optional[Launcher]:

@@ -199,11 +199,12 @@ def test_torchrun_wrapper_passes_local_rank_to_the_command(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _pids_of(script: Path):
+def _pids_of(*parts):
+    """Processes whose command line holds every one of ``parts``."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and str(script).encode() in (proc / "cmdline").read_bytes():
+            if proc.name.isdigit() and all(str(p).encode() in (proc / "cmdline").read_bytes() for p in parts):
                 pids.append(int(proc.name))
         except OSError:
             pass
@@ -211,10 +212,11 @@ def _pids_of(script: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["job", "s3prl"])
-def test_sigterm_requeues_the_job_and_it_resumes_from_its_checkpoint(fake_run, tmp_path, target):
+@pytest.mark.parametrize("target", ["job", "s3prl", "usr2"])
+def test_a_stopped_job_is_requeued_and_resumes_from_its_checkpoint(fake_run, tmp_path, target):
     """``job``: SLURM stops the job (the controller forwards SIGTERM to the job process, which stops s3prl);
-    ``s3prl``: only the s3prl process gets it (on SLURM every process of the job does)."""
+    ``s3prl``: only the s3prl process gets it (on SLURM every process of the job does); ``usr2``: the signal
+    SLURM sends before the time limit (``--signal=USR2@120``), to the job process: submitit's own handler."""
     run_dir, request = fake_run
     launcher = _launcher(tmp_path)
     handle = launcher.launch(request(12))
@@ -222,6 +224,9 @@ def test_sigterm_requeues_the_job_and_it_resumes_from_its_checkpoint(fake_run, t
     _wait_for(lambda: (run_dir / "expdir" / "states-4.ckpt").exists())
     if target == "job":
         os.kill(int(handle.job_id), signal.SIGTERM)
+    elif target == "usr2":
+        (pid,) = _pids_of("submitit.core._submit", tmp_path / "exp" / "runs" / ".submitit")  # the job process
+        os.kill(pid, signal.SIGUSR2)
     else:
         (pid,) = _pids_of(tmp_path / "fake_s3prl.py")
         os.kill(pid, signal.SIGTERM)

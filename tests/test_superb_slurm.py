@@ -180,6 +180,7 @@ def test_training_job_resumes_from_the_latest_complete_checkpoint(fake_run):
     ddp = S3prlJob(req.command, req.log, req.cwd, {}, "train", gpus=2).command_now()
     assert ddp[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert ddp[-2:] == ["-e", str(run_dir / "expdir" / "states-4.ckpt")]
+    assert S3prlJob(req.command, req.log, req.cwd, {}, "test", gpus=2).command_now() == req.command  # one process
 
 
 @pytest.mark.slow

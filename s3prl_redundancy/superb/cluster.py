@@ -161,10 +161,11 @@ class S3prlJob:
         return dict(self.__dict__, _proc=None, _stopped=False)
 
     def command_now(self) -> List[str]:
-        """The command to run now: a training job resumes from the latest complete checkpoint of the run."""
-        command = self.command
-        if self.phase == "train":
-            command = with_checkpoint(command, latest_checkpoint(self.cwd / EXPDIR_NAME))
+        """The command to run now: a training job resumes from the latest complete checkpoint of the run, and
+        trains with DDP on its GPUs; a test (s3prl's evaluation is not distributed) runs as one process."""
+        if self.phase != "train":
+            return list(self.command)
+        command = with_checkpoint(self.command, latest_checkpoint(self.cwd / EXPDIR_NAME))
         return torchrun_command(command, self.gpus) if self.gpus > 1 else command
 
     def _environment(self) -> Dict[str, str]:

@@ -106,6 +106,7 @@ def test_cli_options_become_cluster_options(tmp_path, monkeypatch):
     from s3prl_redundancy.commands import superb as command
 
     seen = {}
+    monkeypatch.setattr("s3prl_redundancy.superb.cluster.slurm_available", lambda: True)
     monkeypatch.setattr("s3prl_redundancy.superb.runner.run_superb",
                         lambda opts, launcher=None: seen.update(opts=opts, launcher=launcher) or {"failed": []})
     (tmp_path / "data").mkdir()
@@ -156,11 +157,15 @@ def test_bad_cluster_options_are_refused_by_name(tmp_path):
     with pytest.raises(UserInputError) as e:
         ClusterOptions(time_min=0).validate()
     assert e.value.argument == "time_min"
-    from s3prl_redundancy.superb.cluster import make_launcher
+    from s3prl_redundancy.superb.cluster import make_launcher, slurm_available
 
     with pytest.raises(UserInputError) as e:
         make_launcher("local", tmp_path, wait=False)
     assert e.value.argument == "wait"
+    if not slurm_available():  # this machine: refused before anything is planned, with the way out
+        with pytest.raises(UserInputError, match="submitit-local") as e:
+            make_launcher("slurm", tmp_path)
+        assert e.value.argument == "launcher"
 
 
 def test_training_job_resumes_from_the_latest_complete_checkpoint(fake_run):

@@ -499,9 +499,20 @@ def make_launcher(kind: str, out: Path, options: Optional[ClusterOptions] = None
             raise UserInputError("`wait=False` needs a launcher whose jobs outlive the command (slurm, submitit-local)",
                                  argument="wait")
         return None
+    if kind == "slurm" and not slurm_available():
+        raise UserInputError("SLURM's commands (srun, sbatch) are not on this machine: run it on a login node of the "
+                             "cluster (`launcher='submitit-local'` runs the same jobs here)", argument="launcher")
     return SubmititLauncher(kind, Path(out) / RUNS_DIR / JOBS_DIR, options, wait=wait)
+
+
+def slurm_available() -> bool:
+    """Whether jobs can be submitted from here (submitit's own test: ``srun`` is found)."""
+    import shutil
+
+    return shutil.which("srun") is not None and shutil.which("sbatch") is not None
 
 
 __all__ = ["JOBS_DIR", "LAUNCHERS", "DDP_LAUNCH_CODE", "ClusterOptions", "executor_parameters", "sbatch_script",
            "with_checkpoint", "torchrun_command", "S3prlJob", "job_environment_delta", "SubmititLauncher",
-           "known_job", "job_state", "run_state", "experiment_status", "make_launcher"]
+           "known_job", "job_state", "refresh_slurm_states", "run_state", "experiment_status", "make_launcher",
+           "slurm_available"]

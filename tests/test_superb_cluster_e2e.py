@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +109,8 @@ def test_second_call_adopts_the_jobs_and_finishes_the_leaderboard(cluster_run):
         assert rec["status"] == "finished", (name, rec.get("error"), rec.get("log"))
         assert rec["train"]["attempts"] == 1 and rec["test"]["attempts"] == 1, name  # adopted, not launched again
         assert "job_id" not in rec["train"] and "job_id" not in rec["test"]
+        for phase in ("train", "test"):  # submitit's own log of the job stays recorded
+            assert rec[phase]["job_log"].endswith("_log.err") and Path(rec[phase]["job_log"]).is_file(), name
     jobs = sorted(p.name for p in (out / "runs" / ".submitit").iterdir() if p.name != "%j")
     assert len(jobs) == 8  # 4 training + 4 test jobs, nothing twice
     assert {r["train"]["job_id"] for r in cluster_run["submitted"].values()} <= set(jobs)

@@ -324,7 +324,9 @@ def test_superb_status_prints_every_run(tmp_path, capsys):
     run("base", "ks", "finished", metric={"metric": "acc", "value": 0.93})
     failed = run("base", "asr", "failed", error="training exited with status 1")
     (failed / "train.log").write_text("".join(f"line {i}\n" for i in range(40)) + "CUDA out of memory\n")
-    write_run_json(failed, dict(json.loads((failed / "run.json").read_text()), log=str(failed / "train.log")))
+    (tmp_path / "job.err").write_text("srun: error: module cuda/12.1 not found\n")
+    write_run_json(failed, dict(json.loads((failed / "run.json").read_text()), log=str(failed / "train.log"),
+                                train={"job_log": str(tmp_path / "job.err")}))
     run("base", "sid", "training", train={"job_id": "4242", "launcher": "slurm", "log": "x"})  # no sacct here
     run("base", "er-fold1", "testing", test={"job_id": "999999999", "launcher": "submitit-local"})  # gone
     run("small", "ks", "training")  # no job, nobody holds its lock
@@ -335,6 +337,7 @@ def test_superb_status_prints_every_run(tmp_path, capsys):
     assert lines["base/ks"].split()[1] == "finished" and "acc 0.93" in lines["base/ks"]
     assert lines["base/asr"].split()[1] == "failed" and "training exited with status 1" in lines["base/asr"]
     assert "  | CUDA out of memory" in text and "  | line 38" in text and "line 36" not in text
+    assert f"  | --- {tmp_path / 'job.err'}" in text and "  | srun: error: module cuda/12.1 not found" in text
     assert lines["base/sid"].split()[1] == "unknown" and "job 4242 (slurm, train)" in lines["base/sid"]
     assert lines["base/er-fold1"].split()[1] == "ended" and "job 999999999 (submitit-local, test)" in lines["base/er-fold1"]
     assert lines["small/ks"].split()[1] == "interrupted" and lines["small/sid"].split()[1] == "planned"

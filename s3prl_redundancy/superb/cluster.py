@@ -268,6 +268,7 @@ def job_environment_delta(env: Mapping[str, str]) -> Dict[str, str]:
 class _JobHandle(Handle):
     def __init__(self, job: Any, poll_s: float, detach: bool) -> None:
         self.job, self.job_id, self.poll_s, self.detach = job, str(job.job_id), poll_s, detach
+        self.details = {"job_log": str(job.paths.stderr)}  # submitit's log: tracebacks, signals, requeues
 
     def wait(self) -> int:
         if self.detach:
@@ -280,7 +281,8 @@ class _JobHandle(Handle):
             return int(self.job.result())
         except (FailedJobError, UncompletedJobError) as e:  # the job died (cancelled, out of memory, node failure)
             first = str(e).strip().splitlines()[:1]
-            print(f"job {self.job_id} ended without a result: {first[0] if first else e}", flush=True)
+            print(f"job {self.job_id} ended without a result: {first[0] if first else e} (its log: "
+                  f"{self.job.paths.stderr})", flush=True)
             return -1
 
     def cancel(self) -> None:
@@ -465,6 +467,10 @@ def run_state(run_dir: Path, record: Mapping[str, Any], jobs_folder: Path, tail:
     elif status == STATUS_FAILED:
         out["detail"] = record.get("error") or ""
         out["log_tail"] = log_tail(record["log"], tail) if record.get("log") else ""
+        job_log = (record.get("test") or {}).get("job_log") or (record.get("train") or {}).get("job_log")
+        if job_log and Path(job_log).is_file():  # the scheduler's side (a job that died before s3prl ran)
+            out["job_log"] = job_log
+            out["log_tail"] += f"\n--- {job_log}\n" + log_tail(job_log, tail)
     elif status in (STATUS_TRAINING, STATUS_TESTING):
         job = job_of(record)
         out["phase"] = "train" if status == STATUS_TRAINING else "test"

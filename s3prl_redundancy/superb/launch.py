@@ -78,6 +78,9 @@ class Handle(abc.ABC):
     job_id: Optional[str] = None
     """An identifier that a later invocation can :meth:`Launcher.adopt` (recorded in run.json when not None)."""
 
+    details: Dict[str, str] = {}
+    """More about the job for run.json, recorded next to its id (e.g. ``job_log``: the scheduler's own log)."""
+
     @abc.abstractmethod
     def wait(self) -> int:
         """Block until it ends; its exit status (0: success; negative: killed by that signal). Raises

@@ -242,7 +242,7 @@ class _Step:
             start = _log_header(log, header or title, command)
             handle = self.launcher.launch(request)
             if handle.job_id is not None:  # a job that outlives this process: a later invocation may adopt it
-                section.update(job_id=handle.job_id, launcher=self.launcher.name)
+                section.update(job_id=handle.job_id, launcher=self.launcher.name, **handle.details)
                 write_run_json(self.plan.run_dir, record)
         else:
             self.report(f"adopted {self.launcher.name} job {section['job_id']} ({phase}; log: {log})")

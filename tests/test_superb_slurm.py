@@ -351,3 +351,18 @@ def test_superb_status_prints_every_run(tmp_path, capsys):
 def test_a_slurm_job_whose_state_is_unknown_is_adopted_not_submitted_again(tmp_path):
     """Without an answer from sacct (here: no SLURM at all) the job may still run: never submit twice on a guess."""
     assert known_job("slurm", tmp_path, "4242") is not None
+
+
+def test_a_local_job_is_alive_while_its_controller_runs():
+    from s3prl_redundancy.superb.cluster import _controller_alive
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # alive, not submitit's
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])  # a zombie until reaped
+    try:
+        _wait_for(lambda: Path(f"/proc/{ended.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 30)
+        assert not _controller_alive(str(ended.pid)) and not _controller_alive(str(other.pid))
+        assert not _controller_alive("999999999") and not _controller_alive("not-a-pid")
+    finally:
+        other.kill()
+        other.wait()
+        ended.wait()

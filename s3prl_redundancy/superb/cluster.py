@@ -401,12 +401,15 @@ def _local_job_class():
 
 
 def _controller_alive(job_id: str) -> bool:
-    """Whether the local job's controller process still runs (its pid is the job id; a zombie does not count)."""
+    """Whether the local job's controller process still runs: its pid is the job id, it is no zombie, and its
+    command line is submitit's (empty for a moment while the process starts; a reused pid has another one)."""
     try:
-        cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        proc = Path(f"/proc/{int(job_id)}")
+        state = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = proc.joinpath("cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
         return False
-    return b"submitit" in cmdline
+    return state not in ("Z", "X") and (not cmdline or b"submitit" in cmdline)
 
 
 def known_job(kind: str, folder: Path, job_id: str) -> Any:

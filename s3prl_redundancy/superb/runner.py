@@ -275,10 +275,11 @@ class _Step:
             args = ["-m", "train", "-e", str(resume), "-o", f"args.expdir={self.expdir_arg!r}", "--device", opts.device]
             what = f"resuming training from {resume.name}"
         else:
-            if expdir.exists() and not self._job_out("train", STATUS_TRAINING):  # no usable checkpoint: start clean
-                shutil.rmtree(expdir)
-            if self.sid_cache is not None and self.sid_cache.exists():
-                shutil.rmtree(self.sid_cache)
+            if not self._job_out("train", STATUS_TRAINING):  # no usable checkpoint (and no job using them): clean
+                if expdir.exists():
+                    shutil.rmtree(expdir)
+                if self.sid_cache is not None and self.sid_cache.exists():
+                    shutil.rmtree(self.sid_cache)
             args = ["-m", "train", *plan.upstream.s3prl_args(), "-d", TASKS[plan.task].downstream,
                     "-c", config_path, "-p", self.expdir_arg, "--device", opts.device]
             what = "training"

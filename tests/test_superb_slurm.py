@@ -366,3 +366,46 @@ def test_a_local_job_is_alive_while_its_controller_runs():
         other.kill()
         other.wait()
         ended.wait()
+
+
+def test_runs_reaching_the_slurm_launcher_together_are_one_job_array(fake_run, tmp_path):
+    """Through submitit's real SlurmExecutor with sbatch/sacct mocked by submitit's own test helper: one sbatch
+    call with ``--array=0-2%2`` and the options, job ids ``<array>_<i>``, and a later launcher adopts them."""
+    import threading
+
+    mocked_slurm = pytest.importorskip("submitit.slurm.test_slurm").mocked_slurm
+    run_dir, request = fake_run
+    folder = tmp_path / "exp" / "runs" / ".submitit"
+    options = ClusterOptions(partition="gpu", gpus_per_run=1, cpus_per_run=4, array_parallelism=2, time_min=60)
+    with mocked_slurm() as mock:
+        launcher = SubmititLauncher("slurm", folder, options, wait=False)
+        launcher.batch_window_s = 0.5
+        handles = []
+        threads = [threading.Thread(target=lambda: handles.append(launcher.launch(request(2)))) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ids = sorted(h.job_id for h in handles)
+        array_id = ids[0].split("_")[0]
+        assert ids == [f"{array_id}_{i}" for i in range(3)] and mock.job_count == 13  # one sbatch call
+        from submitit.core.core import Job
+
+        script = Job(folder / "%j", job_id=array_id).paths.submission_file.read_text().splitlines()
+        for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
+                     "#SBATCH --cpus-per-task=4", "#SBATCH --time=60", "#SBATCH --job-name=superb"):
+            assert line in script, (line, script)
+        with pytest.raises(JobDetached):
+            handles[0].wait()
+        later = SubmititLauncher("slurm", folder, options)  # the next superb: queued / running jobs are adopted
+        adopted = later.adopt(ids[1], request(2))
+        assert adopted is not None and adopted.job_id == ids[1]
+        assert adopted.details["job_log"].endswith(f"{ids[1]}_0_log.err")
+        alone = SubmititLauncher("slurm", folder, ClusterOptions(mem_gb=48, sbatch={"constraint": "a100"}), wait=False)
+        alone.batch_window_s = 0.0
+        single = alone.launch(request(2)).job_id
+        assert "_" not in single and mock.job_count == 14
+        script = Job(folder / "%j", job_id=single).paths.submission_file.read_text().splitlines()
+        for line in ("#SBATCH --job-name=superb-base-ks-train", "#SBATCH --mem=48GB", "#SBATCH --constraint=a100"):
+            assert line in script, (line, script)
+        assert not any("--array" in line for line in script)

@@ -93,15 +93,18 @@ class ClusterOptions:
 
 
 def executor_parameters(options: ClusterOptions) -> Dict[str, Any]:
-    """``SlurmExecutor.update_parameters`` keywords (submitit's own names) for ``options``: one task on one node
-    with all the run's GPUs (torchrun starts the DDP processes inside the job)."""
-    params: Dict[str, Any] = {"nodes": 1, "tasks_per_node": 1, "cpus_per_task": options.cpus_per_run,
-                              "timeout_min": options.time_min, "array_parallelism": options.array_parallelism,
+    """``SlurmExecutor.update_parameters`` keywords (its own, sbatch-like names) for ``options``: one task on one
+    node with all the run's GPUs (torchrun starts the DDP processes inside the job)."""
+    from submitit.slurm.slurm import _convert_mem
+
+    params: Dict[str, Any] = {"nodes": 1, "ntasks_per_node": 1, "cpus_per_task": options.cpus_per_run,
+                              "time": options.time_min, "array_parallelism": options.array_parallelism,
                               "signal_delay_s": 120}
     if options.gpus_per_run:
         params["gpus_per_node"] = options.gpus_per_run
-    for key, value in (("partition", options.partition), ("account", options.account), ("qos", options.qos),
-                       ("mem_gb", options.mem_gb)):
+    if options.mem_gb is not None:
+        params["mem"] = _convert_mem(options.mem_gb)
+    for key, value in (("partition", options.partition), ("account", options.account), ("qos", options.qos)):
         if value is not None:
             params[key] = value
     if options.sbatch:
@@ -117,12 +120,9 @@ def sbatch_script(options: ClusterOptions, folder: Path, array_size: Optional[in
     submitting anything (what ``superb --launcher slurm`` would submit; for review and tests)."""
     from submitit.slurm import slurm
 
-    params = dict(executor_parameters(options), name=name)
-    renamed = {slurm.SlurmExecutor._equivalence_dict().get(k, k): v for k, v in params.items()}
-    if "mem" in renamed:
-        renamed["mem"] = slurm._convert_mem(renamed["mem"])
+    params = dict(executor_parameters(options), job_name=name)
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-    return slurm._make_sbatch_string(command=command, folder=folder, map_count=array_size, **renamed)
+    return slurm._make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
 
 
 # ==================================================================================================
@@ -354,11 +354,11 @@ class SubmititLauncher(Launcher):
                 executor = self.executor()
                 if len(batch) == 1:
                     if self.name == "slurm":
-                        executor.update_parameters(name=batch[0].name)
+                        executor.update_parameters(job_name=batch[0].name)
                     batch[0].submitted = executor.submit(batch[0].job)
                 else:
                     if self.name == "slurm":
-                        executor.update_parameters(name="superb")
+                        executor.update_parameters(job_name="superb")
                     with executor.batch():
                         jobs = [executor.submit(slot.job) for slot in batch]
                     for slot, job in zip(batch, jobs):

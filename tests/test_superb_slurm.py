@@ -409,3 +409,19 @@ def test_runs_reaching_the_slurm_launcher_together_are_one_job_array(fake_run, t
         for line in ("#SBATCH --job-name=superb-base-ks-train", "#SBATCH --mem=48GB", "#SBATCH --constraint=a100"):
             assert line in script, (line, script)
         assert not any("--array" in line for line in script)
+
+
+@pytest.mark.parametrize("state, shown, adopted", [("PENDING", "queued", True), ("RUNNING", "running", True),
+                                                   ("REQUEUED", "queued", True), ("COMPLETED", "ended", False),
+                                                   ("CANCELLED", "ended", False), ("TIMEOUT", "ended", False)])
+def test_slurm_states_decide_status_and_adoption(state, shown, adopted, tmp_path):
+    """sacct mocked by submitit's test helper: a queued or running job is adopted; one that ended without a
+    result is submitted again (its training resumes from the checkpoint)."""
+    from s3prl_redundancy.superb.cluster import job_state, refresh_slurm_states
+
+    mocked_slurm = pytest.importorskip("submitit.slurm.test_slurm").mocked_slurm
+    with mocked_slurm() as mock:
+        mock.set_job_state("77", state)
+        refresh_slurm_states(["77"])
+        assert job_state("slurm", tmp_path, "77", mode="cache") == shown
+        assert (known_job("slurm", tmp_path, "77") is not None) == adopted

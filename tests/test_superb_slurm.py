@@ -218,22 +218,23 @@ def _pids_of(*parts):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["job", "s3prl", "usr2"])
+@pytest.mark.parametrize("target", ["job", "s3prl", "usr2", "job+usr2"])
 def test_a_stopped_job_is_requeued_and_resumes_from_its_checkpoint(fake_run, tmp_path, target):
     """``job``: SLURM stops the job (the controller forwards SIGTERM to the job process, which stops s3prl);
     ``s3prl``: only the s3prl process gets it (on SLURM every process of the job does); ``usr2``: the signal
-    SLURM sends before the time limit (``--signal=USR2@120``), to the job process: submitit's own handler."""
+    SLURM sends before the time limit (``--signal=USR2@120``), to the job process: submitit's own handler;
+    ``job+usr2``: both at once, as submitit's ``SlurmJob._interrupt`` sends them for a preemption (one requeue)."""
     run_dir, request = fake_run
     launcher = _launcher(tmp_path)
     handle = launcher.launch(request(12))
     assert handle.job_id and (tmp_path / "exp" / "runs" / ".submitit" / handle.job_id).is_dir()
     _wait_for(lambda: (run_dir / "expdir" / "states-4.ckpt").exists())
-    if target == "job":
+    (task,) = _pids_of("submitit.core._submit", tmp_path / "exp" / "runs" / ".submitit")  # the job process
+    if target.startswith("job"):
         os.kill(int(handle.job_id), signal.SIGTERM)
-    elif target == "usr2":
-        (pid,) = _pids_of("submitit.core._submit", tmp_path / "exp" / "runs" / ".submitit")  # the job process
-        os.kill(pid, signal.SIGUSR2)
-    else:
+    if target.endswith("usr2"):
+        os.kill(task, signal.SIGUSR2)
+    if target == "s3prl":
         (pid,) = _pids_of(tmp_path / "fake_s3prl.py")
         os.kill(pid, signal.SIGTERM)
     assert handle.wait() == 0

@@ -212,6 +212,7 @@ class S3prlJob:
         from submitit.core import job_environment, utils
 
         env = job_environment.JobEnvironment()
+        signal.signal(env._usr_sig(), signal.SIG_IGN)  # a USR2 right after the SIGTERM would requeue a second time
         path = env.paths.submitted_pickle
         delayed = utils.DelayedSubmission.load(path)
         if not job_environment._checkpoint(delayed, path, delayed._timeout_countdown):

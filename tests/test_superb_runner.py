@@ -588,6 +588,46 @@ def test_job_ids_are_recorded_and_adopted_after_the_runner_died(fake):
     assert "job_id" not in record["train"] and "job_id" not in record["test"]  # finished jobs are forgotten
 
 
+def test_a_launcher_that_does_not_wait_leaves_its_jobs_to_a_later_call(fake):
+    """``wait()`` raising JobDetached (``--no-wait``): nothing is cancelled or failed, run.json keeps the job, no
+    leaderboard yet, every run is driven at once (``parallel_runs``); the next call adopts and finishes."""
+    fake_s3prl, ckpts, tmp_path = fake
+    opts = _options(ckpts, tmp_path, upstreams="base=hubert_local,small=pruned_hubert", tasks="ks")
+
+    class NoWait(JobLauncher):
+        parallel_runs = 1000
+
+        def launch(self, request):
+            handle = super().launch(request)
+            (request.cwd / "expdir").mkdir(exist_ok=True)  # the job has started writing, no checkpoint yet
+            (request.cwd / "expdir" / "job-was-here").write_text("")
+
+            class _Detached(ln.Handle):
+                job_id = handle.job_id
+
+                def wait(self):
+                    raise ln.JobDetached(self.job_id)
+
+            return _Detached()
+
+    first = NoWait(fake_s3prl)
+    summary = rn.run_superb(opts, launcher=first, validate_hub=False)
+    assert summary["failed"] == [] and summary["leaderboard"] is None
+    assert sorted(r["detached"] for r in summary["detached"]) == ["job-1", "job-2"] and first.cancelled == []
+    assert not (tmp_path / "exp" / "leaderboard.json").exists()
+    for label in ("base", "small"):
+        record = json.loads((tmp_path / f"exp/runs/{label}/ks/run.json").read_text())
+        assert record["status"] == "training" and record["train"]["job_id"] in ("job-1", "job-2")
+        assert "detached" not in record
+
+    later = JobLauncher(fake_s3prl)
+    later.jobs = dict(first.jobs)  # the scheduler still knows the jobs
+    summary = rn.run_superb(opts, launcher=later, validate_hub=False)
+    assert sorted(a[0] for a in later.adopted) == ["job-1", "job-2"] and summary["failed"] == []
+    assert summary["detached"] == [] and summary["leaderboard"] is not None
+    assert (tmp_path / "exp/runs/base/ks/expdir/job-was-here").is_file()  # not cleaned under a running job
+
+
 def test_a_plain_function_is_a_launcher():
     seen = []
     launcher = ln.as_launcher(lambda command, log, cwd, env: seen.append((command, log)) or 3)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 FLAGS = {"learning_rates": "--learning-rate", "recipe_overrides": "--recipe-override", "datarc_overrides": "--datarc",
-         "datarc": "--datarc"}
+         "datarc": "--datarc", "wait": "--no-wait", "setup": "--slurm-setup"}
 """Python arguments of :func:`build_options` / :class:`SuperbOptions` whose flag is not ``--name-with-dashes``."""
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -64,6 +64,7 @@ def add_arguments(parser):
     add_cost_arguments(parser, "OMP/MKL threads per s3prl process and torch threads for timing (default: unset; "
                                "cpu_count/jobs with --jobs > 1)")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboard at the end")
+    add_cluster_arguments(parser)
 
 
 def run(args) -> int:
@@ -76,8 +77,91 @@ def run(args) -> int:
         jobs=args.jobs, threads=args.threads, reference=args.reference, leaderboard=not args.no_leaderboard,
         cost_seconds=args.cost_seconds, cost_repeats=args.cost_repeats,
     )
-    summary = run_superb(opts)
+    summary = run_superb(opts, launcher=cluster_launcher(args, opts.out))
     return 1 if summary["failed"] else 0
+
+
+# --- where the runs execute: this machine or SLURM (submitit); see docs/cluster.md -------------------------------
+
+
+def add_cluster_arguments(parser) -> None:
+    from ..superb.cluster import LAUNCHERS
+
+    group = parser.add_argument_group("cluster (--launcher slurm; see docs/cluster.md)")
+    group.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                       help="local: child processes of this command (--jobs at a time); slurm: every train and test "
+                            "process is a SLURM job (submitit; runs submitted together form a job array), requeued "
+                            "from its last checkpoint when preempted or out of time; submitit-local: the same jobs "
+                            "on this machine (submitit's local executor)")
+    group.add_argument("--no-wait", action="store_true",
+                       help="submit the jobs and return; run the same command again to adopt them (nothing is "
+                            "submitted twice) and build the leaderboard; superb-status EXP shows their state")
+    group.add_argument("--partition", help="SLURM partition")
+    group.add_argument("--account", help="SLURM account")
+    group.add_argument("--qos", help="SLURM quality of service")
+    group.add_argument("--gpus-per-run", type=int,
+                       help="GPUs of one run (default 1; N > 1 trains with s3prl's DDP: torchrun --nproc_per_node N)")
+    group.add_argument("--cpus-per-run", type=int, help="CPUs of one run (default 8)")
+    group.add_argument("--mem-gb", type=float, help="memory of one job in GB (default: the partition's)")
+    group.add_argument("--time-min", type=int,
+                       help="time limit of one job in minutes (default 1440); a longer training is requeued and "
+                            "resumes from its last checkpoint")
+    group.add_argument("--array-parallelism", type=int, help="jobs of one array running at once (default 64)")
+    group.add_argument("--sbatch", action="extend", nargs="+", metavar="KEY=VALUE",
+                       help="extra #SBATCH parameter, e.g. constraint=a100 or mail-type=END (repeatable)")
+    group.add_argument("--slurm-setup", action="extend", nargs="+", metavar="LINE",
+                       help="shell line run in the job before s3prl, e.g. 'module load cuda' (repeatable)")
+    group.add_argument("--max-timeouts", type=int,
+                       help="requeues after a time limit a job may take (default 20; preemptions do not count)")
+
+
+def parse_sbatch(items: Optional[Sequence[str]]) -> Dict[str, str]:
+    """``["constraint=a100", "--mail-type=END"]`` -> ``{"constraint": "a100", "mail-type": "END"}``."""
+    out: Dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise UserInputError(f"{item!r} is not KEY=VALUE (e.g. constraint=a100)", argument="sbatch")
+        out[key] = value.strip()
+    return out
+
+
+_SLURM_ONLY = ("partition", "account", "qos", "gpus_per_run", "cpus_per_run", "mem_gb", "array_parallelism", "sbatch",
+               "setup")
+_SUBMITIT_ONLY = ("time_min", "max_timeouts")
+
+
+def cluster_options(launcher: str, device: str, **given: Any):
+    """:class:`..superb.cluster.ClusterOptions` from the values given (None: not given); an option that does not
+    apply to ``launcher`` is refused rather than ignored, and GPU jobs need a CUDA ``device``."""
+    from ..superb.cluster import ClusterOptions
+
+    for name, value in given.items():
+        if value is None or value == []:
+            continue
+        if (name in _SLURM_ONLY and launcher != "slurm") or (name in _SUBMITIT_ONLY and launcher == "local"):
+            needs = "`launcher='slurm'`" if name in _SLURM_ONLY else "a submitit launcher (slurm, submitit-local)"
+            raise UserInputError(f"applies to {needs} only, not to `launcher={launcher!r}`", argument=name)
+    values = {k: v for k, v in given.items() if v is not None and k not in ("sbatch", "setup")}
+    options = ClusterOptions(**values, sbatch=parse_sbatch(given.get("sbatch")),
+                             setup=list(given.get("setup") or [])).validate()
+    if launcher == "slurm" and options.gpus_per_run > 0 and not device.startswith("cuda"):
+        raise UserInputError(f"is {device!r} but every SLURM job gets `gpus_per_run={options.gpus_per_run}` GPU(s): "
+                             "pass `device='cuda'`, or `gpus_per_run=0` for CPU-only jobs", argument="device")
+    return options
+
+
+def cluster_launcher(args, out: Path):
+    """The launcher for ``args`` (None: the runner's local one)."""
+    from ..superb.cluster import make_launcher
+
+    options = cluster_options(
+        args.launcher, args.device, partition=args.partition, gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb, time_min=args.time_min, account=args.account, qos=args.qos,
+        array_parallelism=args.array_parallelism, sbatch=args.sbatch, setup=args.slurm_setup,
+        max_timeouts=args.max_timeouts)
+    return make_launcher(args.launcher, out, options, wait=not args.no_wait)
 
 
 # The option strings of the command line -> the structured values of :class:`..superb.planning.SuperbOptions`.

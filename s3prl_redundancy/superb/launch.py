@@ -12,7 +12,9 @@ A later invocation that finds a run whose ``run.json`` says a job is still in ``
 outlive the invoking process (a batch scheduler) re-attaches there; :class:`SubprocessLauncher` cannot, and
 returns None (the run is launched again, resuming from its last checkpoint).
 
-``handle.cancel()`` is called when the user interrupts (Ctrl-C) while waiting.
+``handle.cancel()`` is called when the user interrupts (Ctrl-C) while waiting. A handle of a launcher told not to
+wait (``superb --no-wait``) raises :class:`JobDetached` from ``wait()``: the job goes on without this process, the
+run stays recorded as ``training`` / ``testing`` with its job id, and a later invocation adopts it.
 
 :class:`SubprocessLauncher` (the default) runs the command as a child process with its output appended to the
 request's log. :class:`FunctionLauncher` wraps a plain function ``(command, log, cwd, env) -> status`` (tests,
@@ -62,15 +64,27 @@ class LaunchRequest:
     keep_fds: Tuple[int, ...] = ()  # descriptors the process inherits (the run's lock, held while it lives)
 
 
+class JobDetached(Exception):
+    """Raised by :meth:`Handle.wait` of a job that runs on without this process (it is not waited for)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} submitted; not waiting for it")
+        self.job_id = job_id
+
+
 class Handle(abc.ABC):
     """A launched process or job."""
 
     job_id: Optional[str] = None
     """An identifier that a later invocation can :meth:`Launcher.adopt` (recorded in run.json when not None)."""
 
+    details: Dict[str, str] = {}
+    """More about the job for run.json, recorded next to its id (e.g. ``job_log``: the scheduler's own log)."""
+
     @abc.abstractmethod
     def wait(self) -> int:
-        """Block until it ends; its exit status (0: success; negative: killed by that signal)."""
+        """Block until it ends; its exit status (0: success; negative: killed by that signal). Raises
+        :class:`JobDetached` when the launcher does not wait for its jobs."""
 
     def cancel(self) -> None:
         """Stop it (the user interrupted the runner). Default: nothing to stop."""
@@ -81,6 +95,13 @@ class Launcher(abc.ABC):
 
     name: str = "launcher"
     """Recorded in run.json next to a job id, so a later invocation knows which launcher may adopt it."""
+
+    runs_elsewhere: bool = False
+    """True when the processes execute on other machines (a cluster): this host need not have their device."""
+
+    parallel_runs: Optional[int] = None
+    """How many runs the runner drives at once with this launcher; None: the runner's ``jobs``. A batch scheduler
+    takes every run at once (its own limits decide what executes)."""
 
     @abc.abstractmethod
     def launch(self, request: LaunchRequest) -> Handle:
@@ -168,5 +189,5 @@ def as_launcher(launcher: Union[Launcher, LaunchFunction, None]) -> Launcher:
     raise TypeError(f"launcher must be a Launcher or a function (command, log, cwd, env) -> status, got {launcher!r}")
 
 
-__all__ = ["SID_LAUNCH_CODE", "s3prl_command", "LaunchRequest", "Handle", "Launcher", "SubprocessLauncher",
+__all__ = ["SID_LAUNCH_CODE", "s3prl_command", "LaunchRequest", "JobDetached", "Handle", "Launcher", "SubprocessLauncher",
            "FunctionLauncher", "LaunchFunction", "as_launcher"]

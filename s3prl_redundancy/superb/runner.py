@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from ..io import OutputDir
 from . import recipe_files as rf
 from . import results as res
-from .launch import LaunchFunction, Launcher, LaunchRequest, as_launcher, s3prl_command
+from .launch import JobDetached, LaunchFunction, Launcher, LaunchRequest, as_launcher, s3prl_command
 from .leaderboard import COST_JSON, FILES
 from .planning import RunPlan, SuperbOptions, check_existing, plan_runs, resolve_data, validate_upstreams
 from .runs import (
@@ -176,18 +176,22 @@ def execute_run(plan: RunPlan, opts: SuperbOptions, launcher: Launcher, report: 
         record["device"] = opts.device
         started = time.perf_counter()
         base_wall = float(record.get("wall_seconds") or 0.0)
+        detached = None
         try:
             _Step(plan, opts, launcher, report, record, keep_fds=(lock_fd,)).execute()
         except KeyboardInterrupt:
             record.update(status=STATUS_INTERRUPTED, error="interrupted by the user (Ctrl-C)")
             raise
+        except JobDetached as e:  # the job runs on; run.json keeps its id for a later invocation to adopt
+            report(f"{e}")
+            detached = e.job_id
         except Exception as e:  # a problem of this run (a file it cannot write, ...) must not stop the others
             _fail(record, f"runner error: {type(e).__name__}: {e}", Path(record.get("log") or run_dir / TRAIN_LOG), report)
         finally:
             record["wall_seconds"] = base_wall + time.perf_counter() - started
             record["updated_at"] = now()
             write_run_json(run_dir, record)
-        return record
+        return dict(record, detached=detached) if detached else record
 
 
 def _fail(record: Dict[str, Any], message: str, log: Path, report: Report) -> None:
@@ -227,7 +231,7 @@ class _Step:
         request = LaunchRequest(command=command, log=log, cwd=self.plan.run_dir, env=self.env, phase=phase,
                                 name=self.plan.name, keep_fds=tuple(fd for fd in self.keep_fds if fd is not None))
         handle = None
-        if section.get("job_id") and section.get("launcher") == self.launcher.name and record.get("status") == status:
+        if self._job_out(phase, status):
             handle = self.launcher.adopt(str(section["job_id"]), request)
         if handle is None:
             section.update(command=command, log=str(log), attempts=int(section.get("attempts", 0)) + 1,
@@ -238,7 +242,7 @@ class _Step:
             start = _log_header(log, header or title, command)
             handle = self.launcher.launch(request)
             if handle.job_id is not None:  # a job that outlives this process: a later invocation may adopt it
-                section.update(job_id=handle.job_id, launcher=self.launcher.name)
+                section.update(job_id=handle.job_id, launcher=self.launcher.name, **handle.details)
                 write_run_json(self.plan.run_dir, record)
         else:
             self.report(f"adopted {self.launcher.name} job {section['job_id']} ({phase}; log: {log})")
@@ -246,6 +250,8 @@ class _Step:
         t0 = time.perf_counter()
         try:
             code = handle.wait()
+        except JobDetached:
+            raise
         except BaseException:
             handle.cancel()
             raise
@@ -255,6 +261,12 @@ class _Step:
         section.pop("launcher", None)
         return code, start
 
+    def _job_out(self, phase: str, status: str) -> bool:
+        """Whether run.json names a job of this launcher for ``phase`` that :meth:`_launch` may adopt."""
+        section = self.record[phase]
+        return bool(section.get("job_id")) and section.get("launcher") == self.launcher.name and \
+            self.record.get("status") == status
+
     def train(self, config_path: str) -> bool:
         """Train from scratch, or resume from the latest complete checkpoint; False when it failed."""
         plan, opts, expdir = self.plan, self.opts, self.plan.expdir
@@ -263,10 +275,11 @@ class _Step:
             args = ["-m", "train", "-e", str(resume), "-o", f"args.expdir={self.expdir_arg!r}", "--device", opts.device]
             what = f"resuming training from {resume.name}"
         else:
-            if expdir.exists():  # a previous attempt left no usable checkpoint: start clean
-                shutil.rmtree(expdir)
-            if self.sid_cache is not None and self.sid_cache.exists():
-                shutil.rmtree(self.sid_cache)
+            if not self._job_out("train", STATUS_TRAINING):  # no usable checkpoint (and no job using them): clean
+                if expdir.exists():
+                    shutil.rmtree(expdir)
+                if self.sid_cache is not None and self.sid_cache.exists():
+                    shutil.rmtree(self.sid_cache)
             args = ["-m", "train", *plan.upstream.s3prl_args(), "-d", TASKS[plan.task].downstream,
                     "-c", config_path, "-p", self.expdir_arg, "--device", opts.device]
             what = "training"
@@ -370,12 +383,31 @@ def _run_all(plans: List[RunPlan], opts: SuperbOptions, launcher: Launcher) -> L
             printer.done()
 
     try:
-        if opts.jobs > 1:
-            with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        workers = max(opts.jobs, min(len(plans), launcher.parallel_runs or 0))
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
                 return list(pool.map(one, enumerate(plans)))
         return [one(item) for item in enumerate(plans)]
     finally:
         printer.close()
+
+
+def _cost_device(device: str, launcher: Launcher) -> str:
+    """Where the leaderboard measures latency: ``device``, checked here; a launcher whose runs execute on other
+    machines (a cluster) does not need CUDA on this one, and latency is then measured on cpu when it has none."""
+    if not device.startswith("cuda"):
+        return device
+    if launcher.runs_elsewhere:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"note: runs go to {device} on the cluster; this host has no CUDA, so the leaderboard measures "
+                  "latency on cpu", flush=True)
+            return "cpu"
+    from ..upstream_loading import resolve_device
+
+    resolve_device(device)
+    return device
 
 
 def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, None] = None,
@@ -388,10 +420,8 @@ def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, No
     inside s3prl only fails its run.
     """
     opts.validate()
-    if opts.device.startswith("cuda"):
-        from ..upstream_loading import resolve_device
-
-        resolve_device(opts.device)
+    launcher = as_launcher(launcher)
+    cost_device = _cost_device(opts.device, launcher)
     out = _output_dir(opts)
     if validate_hub:
         validate_upstreams(opts.upstreams)
@@ -408,13 +438,17 @@ def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, No
           f"({'ER folds ' + ','.join(f[4:] for f in opts.er_folds) if 'er' in opts.tasks else 'no ER'}), profile "
           f"{opts.profile}, device {opts.device}, data {data_info['kind']} at {data_info['root']}, out {opts.out}",
           flush=True)
-    records = _run_all(plans, opts, as_launcher(launcher))
-    failed = [r for r in records if r.get("status") != STATUS_FINISHED]
-    summary: Dict[str, Any] = {"runs": records, "failed": failed, "leaderboard": None}
-    if opts.leaderboard:
+    records = _run_all(plans, opts, launcher)
+    detached = [r for r in records if r.get("detached")]
+    failed = [r for r in records if r.get("status") != STATUS_FINISHED and not r.get("detached")]
+    summary: Dict[str, Any] = {"runs": records, "failed": failed, "detached": detached, "leaderboard": None}
+    if detached:
+        print(f"{len(detached)} job(s) submitted and not waited for; run the same command again to collect them "
+              "(it adopts them), or see their state with superb-status", flush=True)
+    if opts.leaderboard and not detached:
         from .leaderboard import COST_JSON, FILES, build_leaderboard, write_leaderboard
 
-        board = build_leaderboard(opts.out, reference=opts.reference, device=opts.device,
+        board = build_leaderboard(opts.out, reference=opts.reference, device=cost_device,
                                   cost_seconds=opts.cost_seconds, cost_repeats=opts.cost_repeats, threads=opts.threads)
         out.record(COST_JSON, *FILES.values())
         summary["leaderboard"] = write_leaderboard(board, opts.out)

@@ -8,6 +8,8 @@ Layout of an experiment folder (``out``)::
         .lock                            held (flock) while a process runs it
 
 ``run.json`` is written atomically after every step, so it always says how far a run got (:data:`STATUS_*`).
+While a process of a run is out as a job of a batch launcher, ``run.json[phase]`` holds ``job_id`` and
+``launcher`` (and the log it writes in ``log``); the runner removes them when the job has ended.
 Both the runner (which writes runs) and the leaderboard (which reads them) import this module; it imports
 neither.
 """
@@ -118,6 +120,35 @@ def run_lock(run_dir: Path) -> Iterator[Optional[int]]:
         fh.close()
 
 
+def run_records(out: PathLike) -> Iterator[Tuple[Path, Dict[str, Any]]]:
+    """``(run folder, run.json)`` of every run of an experiment folder, in folder order."""
+    for path in sorted((Path(out) / RUNS_DIR).glob(f"*/*/{RUN_JSON}")):
+        record = read_run_json(path.parent)
+        if record is not None:
+            yield path.parent, record
+
+
+def job_of(record: Mapping[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """``(phase, run.json section)`` of the job a run has out (a ``job_id`` in its train or test section), if any."""
+    for phase in ("train", "test"):
+        section = record.get(phase) or {}
+        if section.get("job_id"):
+            return phase, section
+    return None
+
+
+def log_tail(path: PathLike, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log ('' when it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 200 * lines))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def latest_checkpoint(expdir: Path) -> Optional[Path]:
     """The complete ``states-<step>.ckpt`` with the highest step (a file cut short by a kill is skipped)."""
     found = []
@@ -141,5 +172,5 @@ __all__ = [
     "RUN_FORMAT", "SUPERB_FORMAT", "SUPERB_JSON", "RUNS_DIR", "RUN_JSON", "RECIPE_NAME", "TRAIN_LOG", "TEST_LOG",
     "EXPDIR_NAME", "SID_CACHE_NAME", "LOCK_NAME", "STATUS_PLANNED", "STATUS_FINISHED", "STATUS_FAILED",
     "STATUS_TRAINING", "STATUS_TESTING", "STATUS_INTERRUPTED", "now", "run_dir_name", "run_dir", "read_run_json",
-    "write_run_json", "read_superb_json", "check_s3prl_path", "run_lock", "latest_checkpoint", "choose_test_checkpoint",
+    "write_run_json", "read_superb_json", "check_s3prl_path", "run_lock", "run_records", "job_of", "log_tail", "latest_checkpoint", "choose_test_checkpoint",
 ]

@@ -202,9 +202,10 @@ class Trainer:
         self.teacher = resolve_teacher(cfg.teacher, cfg.ckpt)
         parse_targets(cfg.targets, self.teacher.family.num_layers(self.teacher.checkpoint))  # fail before any write
         dataset = AudioDataset.from_data(cfg.data, cfg.max_utterances, cfg.max_seconds)
+        dataset = dataset.without_short_clips(self.teacher.family.min_samples(self.teacher.checkpoint))
         train_files, held = split_heldout(list(dataset.files), cfg.heldout, cfg.seed)
-        self.train_set = AudioDataset(train_files, dataset.root, cfg.max_seconds)
-        self.heldout_set = AudioDataset(held, dataset.root, cfg.max_seconds)
+        self.train_set = dataset.subset(train_files)
+        self.heldout_set = dataset.subset(held)
 
     def _prepare_output(self) -> None:
         """Every rank checks ``out`` before rank 0 changes it (with ``force``: deletes our previous run)."""

@@ -3,7 +3,9 @@
 Each command module keeps heavy imports inside its functions, has a one-line docstring (its help), and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``, and optionally ``FLAGS`` (``{python argument: flag}`` where
 the flag is not ``--name-with-dashes``). Bad input (:class:`~s3prl_redundancy.errors.UserInputError`) prints
-one message in flag names and exits with status 2.
+one message in flag names and exits with status 2. An interrupt (Ctrl-C, SIGINT) prints one line and exits
+with status 130; a command that can continue an interrupted run has ``resume_hint(args, argv) -> str``, which
+says what was saved and the command that continues (built with :func:`command_line`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import shlex
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .errors import UserInputError
 
@@ -44,6 +47,24 @@ def _top_parser(commands: Dict[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def command_line(name: str, argv: Sequence[str], add: Sequence[str] = (), drop: Sequence[str] = ()) -> str:
+    """The shell command ``s3prl-redundancy NAME ARGV`` with the switches ``add`` appended (if absent) and the
+    switches ``drop`` removed: the command that resumes an interrupted run."""
+    args = [a for a in argv if a not in drop]
+    args += [a for a in add if a not in args]
+    return shlex.join(["s3prl-redundancy", name, *args])
+
+
+def _interrupted(name: str, module, args, argv: Sequence[str]) -> str:
+    """The one line printed on Ctrl-C: what was saved and how to continue (the command module's hint)."""
+    hint = getattr(module, "resume_hint", None)
+    try:
+        text = hint(args, list(argv)) if hint is not None else ""
+    except Exception as e:  # the hint must never hide the interrupt behind a traceback
+        text = f"(no resume hint: {type(e).__name__}: {e})"
+    return f"s3prl-redundancy {name}: interrupted" + (f"; {text}" if text else "")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = discover_commands()
@@ -62,6 +83,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserInputError as e:  # the library names Python arguments; FLAGS maps them to this command's flags
         print(f"s3prl-redundancy {name}: error: {e.render(getattr(module, 'FLAGS', None))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(name, module, args, rest), file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

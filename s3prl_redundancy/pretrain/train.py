@@ -232,6 +232,29 @@ def _check_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
     return cfg
 
 
+_STATE_KEYS = ("identity", "model", "optimizer", "step", "total_steps", "seconds", "history", "evals")
+
+
+def read_state(cfg: TrainConfig, state_path: Path) -> Dict[str, Any]:
+    """``train_state.pt``, checked against ``cfg`` (the same configuration, the same step budget) before any
+    data is synthesised: a bad file is refused in a second, not after the corpus is built."""
+    from ..checkpoints import load_checkpoint
+
+    state = load_checkpoint(state_path, what="training state", argument="resume")
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserInputError(f"{state_path} is not a pretrain-tiny training state (no {', '.join(missing)}); run it "
+                             "`resume=False` with `force=True` to start over", argument="resume")
+    if state["identity"] != json.loads(json.dumps(cfg.identity())):
+        raise UserInputError(f"{state_path} was written with a different configuration (seed, data, batch, "
+                             "model); use the same options, or run it `resume=False` with `force=True` to start "
+                             "over", argument="resume")
+    if cfg.steps is not None and cfg.steps != int(state["total_steps"]):
+        raise UserInputError(f"the run was planned for {int(state['total_steps'])} steps (its learning-rate schedule); "
+                             f"got `steps={cfg.steps}`. Leave out `steps` / `minutes` when resuming", argument="resume")
+    return state
+
+
 class _Run:
     """The mutable state of one training run: model, optimiser, step counters, history; and how to save it."""
 
@@ -250,23 +273,12 @@ class _Run:
     def identity(self) -> Dict[str, Any]:
         return json.loads(json.dumps(self.cfg.identity()))
 
-    def load(self, state_path: Path) -> None:
-        """Continue from ``train_state.pt`` (the same configuration, the same step budget)."""
-        import torch
-
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["identity"] != self.identity():
-            raise UserInputError(f"{state_path} was written with a different configuration (seed, data, batch, "
-                                 "model); use the same options, or run it `resume=False` with `force=True` to start "
-                                 "over", argument="resume")
+    def load(self, state: Dict[str, Any]) -> None:
+        """Continue from ``train_state.pt``, read and checked by :func:`read_state`."""
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.start, self.total, self.elapsed = int(state["step"]), int(state["total_steps"]), float(state["seconds"])
         self.history, self.evals = list(state["history"]), list(state["evals"])
-        if self.cfg.steps is not None and self.cfg.steps != self.total:
-            raise UserInputError(f"the run was planned for {self.total} steps (its learning-rate schedule); got "
-                                 f"`steps={self.cfg.steps}`. Leave out `steps` / `minutes` when resuming",
-                                 argument="resume")
 
     def save(self, step: int) -> None:
         """``train_state.pt``, the ``hubert_local`` export and ``history.json``, each atomic."""
@@ -357,6 +369,7 @@ def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: boo
     """
     output = output_dir(out, resume, force)
     cfg = _check_config(cfg, resume)
+    state = read_state(cfg, output.path / STATE) if resume else None
     dev, autocast_dtype = _device_setup(device)
     output.prepare()
     output.record(CURVE)  # plotted by the command once training returns
@@ -364,8 +377,8 @@ def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: boo
         data_dir = output.file(DATA)
     corpus = prepare_corpus(cfg, data_dir, log=log)
     run = _Run(cfg, output, dev, autocast_dtype)
-    if resume:
-        run.load(output.path / STATE)
+    if state is not None:
+        run.load(state)
     _plan_steps(run, corpus, resume, log)
     end = run.total if stop_after is None else min(run.total, stop_after)
     _loop(run, corpus, end, log)

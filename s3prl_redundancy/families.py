@@ -382,6 +382,16 @@ UPSTREAM_NAMES: Dict[str, str] = {
 }
 
 
+# s3prl's hub naming: ``<name>_local`` / ``_url`` / ``_custom`` entries take the checkpoint as their argument
+_CHECKPOINT_ENTRY_SUFFIXES = ("_local", "_url", "_custom")
+
+
+def entry_needs_checkpoint(entry: str) -> bool:
+    """Whether the s3prl hub entry ``entry`` fails without a checkpoint (``-k``): the families' local entries
+    and every entry that, by s3prl's naming, loads a given file."""
+    return entry in {f.local_entry for f in FAMILIES.values()} or entry.endswith(_CHECKPOINT_ENTRY_SUFFIXES)
+
+
 def embedded_checkpoint(name: str) -> Optional[str]:
     """The shipped checkpoint of an embedded upstream (``tiny_hubert``); None for every other name."""
     if name == "tiny_hubert":

@@ -36,6 +36,13 @@ def _summary(module_name: str) -> str:
     return doc.strip().splitlines()[0].split(":", 1)[-1].strip() if doc.strip() else ""
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser whose errors are one line, like every other bad input (the usage is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _top_parser(commands: Dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3prl-redundancy",
@@ -75,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     help_ = _summary(commands[name])
     if getattr(module, "PASS_THROUGH", False):  # arguments belong to another program (s3prl's run_downstream)
         return module.run(rest)
-    parser = argparse.ArgumentParser(prog=f"s3prl-redundancy {name}", description=help_)
+    parser = _CommandParser(prog=f"s3prl-redundancy {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

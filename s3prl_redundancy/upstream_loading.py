@@ -90,6 +90,13 @@ def get_hub_entry(name: str):
     return entry
 
 
+def _loads_torch_checkpoint(name: str) -> bool:
+    """Whether the hub entry ``name`` takes a PyTorch checkpoint file (the families' entries and this project's)."""
+    from .families import UPSTREAM_NAMES
+
+    return name in UPSTREAM_NAMES or name.startswith(("pruned_", "distilled_"))
+
+
 def load_upstream(
     name: str,
     ckpt: Optional[Union[str, Path]] = None,
@@ -116,6 +123,10 @@ def load_upstream(
             raise UserInputError(f"`ckpt` {ckpt} does not exist (or is not a file); give the path of the upstream's checkpoint")
         if path.stat().st_size == 0:
             raise UserInputError(f"`ckpt` {ckpt} is empty (0 bytes); re-copy or re-create the checkpoint")
+        if _loads_torch_checkpoint(name):  # say what a wrong file is, instead of what s3prl's loader tripped on
+            from .checkpoints import check_checkpoint_file
+
+            check_checkpoint_file(path)
         ckpt = str(path)
     if model_config is not None:
         if not Path(model_config).is_file():

@@ -245,7 +245,7 @@ class Trainer:
     def _load_state(self) -> None:
         from ..checkpoints import load_checkpoint
 
-        state = load_checkpoint(self.out / outputs.STATE, what="training checkpoint")
+        state = load_checkpoint(self.out / outputs.STATE, what="training checkpoint", argument="resume")
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise UserInputError(f"{self.out / outputs.STATE} is not a distillation training checkpoint; choose "
                                  "another `out`, or run without `resume` and with `force=True` to start over there",

@@ -102,6 +102,8 @@ def clip_samples(path, sample_rate: int = SAMPLE_RATE) -> int:
         info = soundfile.info(str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError for unreadable files
         raise UserInputError(f"cannot read audio file {path}: {e}; remove it from --data or convert it to wav/flac") from None
+    if info.frames == 0:  # a damaged or empty file, not merely a short clip: refused as load_audio refuses it
+        raise UserInputError(f"audio file {path} has no samples (zero length); remove it from --data")
     check_complete(path, info.frames)
     return int(info.frames * sample_rate // info.samplerate)
 

@@ -203,6 +203,9 @@ CASES = [
     ("leaderboard-cost-repeats-zero", "leaderboard {empty_dir} --cost-repeats 0", ["--cost-repeats"]),
     ("pretrain-zero-steps", _replace(PRETRAIN, "--steps 1", "--steps 0"), ["--steps", "positive"]),
     ("pretrain-one-cluster", PRETRAIN + " --clusters 1", ["--clusters", "at least 2"]),
+    ("pretrain-targets-from-text", PRETRAIN + " --targets-from {text_pt}", ["--targets-from", "not a PyTorch checkpoint"]),
+    ("pretrain-targets-from-other-family", PRETRAIN + " --targets-from {wavlm}", ["--targets-from", "wavlm checkpoint"]),
+    ("pretrain-target-layer-out-of-range", PRETRAIN + " --targets-from {ckpt} --target-layer 9", ["--target-layer", "0..2"]),
     ("sweep-no-strategies", _replace(SWEEP, "--strategies backward", "--strategies ,"), ["--strategies", "empty"]),
     ("export-missing-out", "export --ckpt {ckpt}", ["--out", "required"]),
 ]

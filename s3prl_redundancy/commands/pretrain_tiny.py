@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+FLAGS = {"ckpt": "--targets-from"}  # the checkpoint reader names its file `ckpt`; here it is --targets-from
+
 
 def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output folder: train_state.pt, tiny_hubert.pt (hubert_local format), history.json, loss_curve.png")

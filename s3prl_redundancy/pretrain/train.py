@@ -218,6 +218,18 @@ def output_dir(out, resume: bool, force: bool) -> OutputDir:
     return folder.check(outputs=OUTPUTS, resume_file=STATE)
 
 
+def _check_targets_model(cfg: TrainConfig) -> None:
+    """``targets_from`` is a HuBERT checkpoint with a hidden state ``target_layer`` (0..layers), checked
+    before the speech is synthesised (errors name `ckpt`: the command maps it to its flag)."""
+    from ..checkpoints import load_family_checkpoint
+
+    family, ckpt = load_family_checkpoint(cfg.targets_from, expected_family="hubert")
+    layers = family.num_layers(ckpt)
+    if not 0 <= cfg.target_layer <= layers:
+        raise UserInputError(f"{cfg.target_layer}: the model of `targets_from` has hidden states 0..{layers} "
+                             f"(0 = the transformer input, {layers} = the last layer)", argument="target_layer")
+
+
 def _check_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
     """The settings, before any work; fills ``targets_sha`` (the hash of ``targets_from``)."""
     if cfg.steps is None and cfg.minutes is None and not resume:
@@ -228,6 +240,7 @@ def _check_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
 
         if not Path(cfg.targets_from).is_file():
             raise UserInputError(f"no such file: {cfg.targets_from}", argument="targets_from")
+        _check_targets_model(cfg)
         cfg = dataclasses.replace(cfg, targets_sha=hashlib.sha256(Path(cfg.targets_from).read_bytes()).hexdigest())
     return cfg
 

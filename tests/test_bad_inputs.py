@@ -354,3 +354,46 @@ def test_a_killed_exports_temporaries_do_not_survive_the_next_export(inputs, tmp
     assert cli.main(["export", "--ckpt", str(inputs["ckpt"]), "--out", str(out), "--force"]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".s3prl-redundancy.json"]
+
+
+def test_truncated_wavs_are_noticed_in_every_subtype(tmp_path):
+    import soundfile
+
+    from s3prl_redundancy.audio import clip_samples, load_audio, wav_header_frames
+    from s3prl_redundancy.errors import UserInputError
+
+    wav = np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32)
+    for subtype in ("PCM_16", "PCM_24", "FLOAT"):
+        whole = tmp_path / f"{subtype}.wav"
+        soundfile.write(str(whole), wav, 16000, subtype=subtype)
+        assert wav_header_frames(whole) == 8000 and clip_samples(whole) == 8000
+        cut = tmp_path / f"{subtype}_cut.wav"
+        cut.write_bytes(whole.read_bytes()[:-1000])
+        for read in (load_audio, clip_samples):
+            with pytest.raises(UserInputError, match="truncated: its header promises 8000 samples"):
+                read(cut)
+    flac = tmp_path / "a.flac"
+    soundfile.write(str(flac), wav, 16000)
+    assert wav_header_frames(flac) is None and clip_samples(flac) == 8000
+    streamed = bytearray((tmp_path / "PCM_16.wav").read_bytes())  # a writer that left the sizes unset
+    data = streamed.index(b"data")
+    streamed[data + 4 : data + 8] = b"\xff\xff\xff\xff"
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    assert wav_header_frames(tmp_path / "streamed.wav") is None
+
+
+def test_short_waveforms_given_directly_are_refused_by_name(inputs):
+    import torch
+
+    from s3prl_redundancy.errors import UserInputError
+    from s3prl_redundancy.probes import pooled_features
+    from s3prl_redundancy.similarity.collector import HiddenStateCollector
+    from s3prl_redundancy.upstream_loading import load_upstream
+
+    upstream = load_upstream("hubert_local", ckpt=inputs["ckpt"])
+    collector = HiddenStateCollector(upstream, [lambda batch: None], plugin_manager=False)
+    assert collector.min_samples == 400
+    with pytest.raises(UserInputError, match=r"utterance\(s\) b \(399 samples\) are shorter than the 400 samples"):
+        collector([torch.zeros(400), torch.zeros(399)], utterance_ids=["a", "b"])
+    with pytest.raises(UserInputError, match=r"wavs: 1 waveform\(s\) \(e.g. number 1, 160 samples\)"):
+        pooled_features(upstream, [np.zeros(1600, np.float32), np.zeros(160, np.float32)])

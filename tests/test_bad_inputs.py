@@ -297,6 +297,7 @@ def _interrupted_after_first_checkpoint(argv, checkpoint: Path, cwd):
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_distill_says_what_was_saved_and_how_to_resume(inputs, tmp_path, capsys, one_torch_thread):
     out = tmp_path / "run"
     argv = shlex.split(DISTILL.format(ckpt=inputs["ckpt"], wavs=inputs["wavs"], out=out))
@@ -314,6 +315,24 @@ def test_ctrl_c_in_distill_says_what_was_saved_and_how_to_resume(inputs, tmp_pat
     assert resumed[:2] == ["s3prl-redundancy", "distill"]
     assert cli.main(resumed[1:]) == 0, capsys.readouterr().err
     assert (out / "student.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_pretrain_tiny_names_the_state_and_the_resume_command(tmp_path, capsys, one_torch_thread):
+    import torch
+
+    out = tmp_path / "tiny"
+    argv = ["pretrain-tiny", "--out", str(out), "--steps", "400", "--sentences", "14", "--phrases", "2", "--clusters", "8",
+            "--batch-size", "4", "--checkpoint-every", "2"]
+    code, err = _interrupted_after_first_checkpoint(argv, out / "train_state.pt", tmp_path)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 130 and "Traceback" not in err, err
+    assert lines[-1].startswith(f"s3prl-redundancy pretrain-tiny: interrupted; the last state is {out / 'train_state.pt'}")
+    resume = shlex.split(lines[-1].split("continue with: ", 1)[1])
+    assert resume == ["s3prl-redundancy", *argv, "--resume"]
+    step = int(torch.load(out / "train_state.pt", weights_only=True)["step"])
+    assert cli.main([*resume[1:], "--stop-after", str(step + 1)]) == 0, capsys.readouterr().err  # it continues
+    assert int(torch.load(out / "train_state.pt", weights_only=True)["step"]) == step + 1
 
 
 def test_ctrl_c_without_a_hint_is_still_one_line(monkeypatch, capsys):

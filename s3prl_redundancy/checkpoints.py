@@ -74,6 +74,12 @@ def _check_kind(path: Path, what: str, argument: Optional[str]) -> None:
             "torch.save (s3prl's local format)", argument=argument)
 
 
+def check_checkpoint_file(path, what: str = "checkpoint", argument: Optional[str] = "ckpt") -> None:
+    """Refuse a missing, empty or non-PyTorch file by what it is, without loading it (for loaders that
+    hand the path to s3prl)."""
+    _check_kind(Path(path), what, argument)
+
+
 def _forbidden_global(error: Exception) -> str:
     """The line of torch's weights-only error that names the refused class or function."""
     line = next((l for l in str(error).splitlines() if "Unsupported global" in l), str(error).splitlines()[0])

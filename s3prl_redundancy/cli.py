@@ -3,7 +3,9 @@
 Each command module keeps heavy imports inside its functions, has a one-line docstring (its help), and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``, and optionally ``FLAGS`` (``{python argument: flag}`` where
 the flag is not ``--name-with-dashes``). Bad input (:class:`~s3prl_redundancy.errors.UserInputError`) prints
-one message in flag names and exits with status 2.
+one message in flag names and exits with status 2. An interrupt (Ctrl-C, SIGINT) prints one line and exits
+with status 130; a command that can continue an interrupted run has ``resume_hint(args, argv) -> str``, which
+says what was saved and the command that continues (built with :func:`command_line`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import shlex
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .errors import UserInputError
 
@@ -34,6 +37,13 @@ def _summary(module_name: str) -> str:
     return doc.strip().splitlines()[0].split(":", 1)[-1].strip() if doc.strip() else ""
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser whose errors are one line, like every other bad input (the usage is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _top_parser(commands: Dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3prl-redundancy",
@@ -43,6 +53,24 @@ def _top_parser(commands: Dict[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument("command", choices=list(commands), metavar="COMMAND")
     return parser
+
+
+def command_line(name: str, argv: Sequence[str], add: Sequence[str] = (), drop: Sequence[str] = ()) -> str:
+    """The shell command ``s3prl-redundancy NAME ARGV`` with the switches ``add`` appended (if absent) and the
+    switches ``drop`` removed: the command that resumes an interrupted run."""
+    args = [a for a in argv if a not in drop]
+    args += [a for a in add if a not in args]
+    return shlex.join(["s3prl-redundancy", name, *args])
+
+
+def _interrupted(name: str, module, args, argv: Sequence[str]) -> str:
+    """The one line printed on Ctrl-C: what was saved and how to continue (the command module's hint)."""
+    hint = getattr(module, "resume_hint", None)
+    try:
+        text = hint(args, list(argv)) if hint is not None else ""
+    except Exception as e:  # the hint must never hide the interrupt behind a traceback
+        text = f"(no resume hint: {type(e).__name__}: {e})"
+    return f"s3prl-redundancy {name}: interrupted" + (f"; {text}" if text else "")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -55,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     help_ = _summary(commands[name])
     if getattr(module, "PASS_THROUGH", False):  # arguments belong to another program (s3prl's run_downstream)
         return module.run(rest)
-    parser = argparse.ArgumentParser(prog=f"s3prl-redundancy {name}", description=help_)
+    parser = _CommandParser(prog=f"s3prl-redundancy {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
@@ -63,6 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserInputError as e:  # the library names Python arguments; FLAGS maps them to this command's flags
         print(f"s3prl-redundancy {name}: error: {e.render(getattr(module, 'FLAGS', None))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(name, module, args, rest), file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -131,6 +131,10 @@ class Family:
     def weights(self, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
         return ckpt[self.weights_key]
 
+    def min_samples(self, ckpt: Mapping[str, Any]) -> int:
+        """The shortest waveform (16 kHz samples) that gives one frame: the receptive field of the CNN front end."""
+        return receptive_field(conv_layers(self.checkpoint_config(ckpt)))
+
     def matches(self, ckpt: Mapping[str, Any]) -> bool:
         return all(k in ckpt for k in self.required_keys)
 
@@ -359,6 +363,30 @@ def conv_layers(cfg) -> List[Tuple[int, int, int]]:
     return [tuple(c) for c in eval(cfg.conv_feature_layers)]  # noqa: S307 - the same string s3prl evaluates
 
 
+def receptive_field(conv: Sequence[Tuple[int, int, int]]) -> int:
+    """Input samples that one output frame of the conv stack ``[(channels, kernel, stride), ...]`` sees: the
+    shortest input giving one frame (400 for the 320x front ends: any shorter clip makes conv1d fail)."""
+    field, jump = 1, 1
+    for _, kernel, stride in conv:
+        field += (int(kernel) - 1) * jump
+        jump *= int(stride)
+    return field
+
+
+def module_min_samples(module) -> int:
+    """The receptive field of a *loaded* upstream's CNN front end (s3prl's ``ConvFeatureExtractionModel``:
+    a ``conv_layers`` list whose entries start with a ``Conv1d``), for any hub entry built on one (the
+    families' experts, distiller, pruned / distilled entries); 0 when the module has no such front end."""
+    import torch
+
+    for name, child in module.named_modules():
+        if name.split(".")[-1] == "conv_layers" and isinstance(child, torch.nn.ModuleList):
+            convs = [next((m for m in layer.modules() if isinstance(m, torch.nn.Conv1d)), None) for layer in child]
+            if convs and all(c is not None for c in convs):
+                return receptive_field([(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs])
+    return 0
+
+
 FAMILIES: Dict[str, Family] = {
     "hubert": HubertFamily(
         name="hubert",
@@ -435,6 +463,16 @@ UPSTREAM_NAMES: Dict[str, str] = {
     "wavlm_base_plus": "wavlm",
     "tiny_hubert": "hubert",  # the embedded default model: a hubert_local checkpoint shipped with the package
 }
+
+
+# s3prl's hub naming: ``<name>_local`` / ``_url`` / ``_custom`` entries take the checkpoint as their argument
+_CHECKPOINT_ENTRY_SUFFIXES = ("_local", "_url", "_custom")
+
+
+def entry_needs_checkpoint(entry: str) -> bool:
+    """Whether the s3prl hub entry ``entry`` fails without a checkpoint (``-k``): the families' local entries
+    and every entry that, by s3prl's naming, loads a given file."""
+    return entry in {f.local_entry for f in FAMILIES.values()} or entry.endswith(_CHECKPOINT_ENTRY_SUFFIXES)
 
 
 def embedded_checkpoint(name: str) -> Optional[str]:

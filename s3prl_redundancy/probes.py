@@ -35,7 +35,15 @@ def pooled_features(upstream, wavs: Sequence, batch_size: int = 16, device: str 
     (N, 2 D) ``[mean, std]`` with ``pooling="mean+std"`` (population std over the frames)."""
     import torch
 
+    from .families import module_min_samples
+
     _check_pooling(pooling)
+    need = module_min_samples(upstream)
+    short = [i for i, w in enumerate(wavs) if len(w) < need]
+    if short:
+        raise UserInputError(f"{len(short)} waveform(s) (e.g. number {short[0]}, {len(wavs[short[0]])} samples) are "
+                             f"shorter than the {need} samples the model needs for one frame; drop or lengthen them",
+                             argument="wavs")
     upstream.eval()
     per_layer: Optional[List[List[np.ndarray]]] = None
     with torch.no_grad():

@@ -98,6 +98,10 @@ def _check_ckpt(name: str, ckpt) -> str:
         raise UserInputError(f"`ckpt` {ckpt} is empty (0 bytes); re-copy or re-create the checkpoint")
     if name.endswith("_local") and not path.exists() and not _is_url(str(ckpt)):
         raise UserInputError(f"`ckpt` {ckpt} does not exist (or is not a file); give the path of the upstream's checkpoint")
+    if path.is_file() and _loads_torch_checkpoint(name):  # say what a wrong file is, not what s3prl's loader tripped on
+        from .checkpoints import check_checkpoint_file
+
+        check_checkpoint_file(path)
     return str(ckpt)
 
 
@@ -117,6 +121,13 @@ def _folder_entry(name: str, ckpt: str):
         return family.expert_class()(checkpoint_buffer(converted), **kwargs)
 
     return entry
+
+
+def _loads_torch_checkpoint(name: str) -> bool:
+    """Whether the hub entry ``name`` takes a PyTorch checkpoint file (the families' entries and this project's)."""
+    from .families import UPSTREAM_NAMES
+
+    return name in UPSTREAM_NAMES or name.startswith(("pruned_", "distilled_"))
 
 
 def load_upstream(

@@ -164,8 +164,11 @@ def test_cli_checkpoint_and_resume_equals_a_straight_run(tiny_ckpts, audio, tmp_
 
     out = tmp_path / "resumed"
     crash = plugin(_CrashAfter(3))
-    with pytest.raises(KeyboardInterrupt):
-        main(_argv(tiny_ckpts["hubert"], audio, out, *args))
+    capsys.readouterr()
+    assert main(_argv(tiny_ckpts["hubert"], audio, out, *args)) == 130  # Ctrl-C: one line, how to continue
+    interrupted = capsys.readouterr().err.strip()
+    assert interrupted.startswith("s3prl-redundancy similarity: interrupted; progress is saved in ")
+    assert interrupted.endswith(" --checkpoint-every 3 --mknn-max-frames 64 --seed 5 --resume")
     state = torch.load(out / ".partial" / "rank0.pt", weights_only=True)
     assert state["position"] == 4 and state["num_utterances"] == 4  # batches of 2: saved after utterance 4
     assert set(state["metrics"]) == {"cosine", "debiased_cka", "mknn"}

@@ -58,6 +58,19 @@ def add_arguments(parser):
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
 
 
+def resume_hint(args, argv) -> str:
+    """What an interrupted run left in ``--out`` and the command that continues it."""
+    from pathlib import Path
+
+    from ..cli import command_line
+    from ..distill.outputs import STATE as CHECKPOINT
+
+    if not (Path(args.out) / CHECKPOINT).is_file():
+        return f"no checkpoint was written yet (the first comes at step {args.save_every}); run the same command again"
+    resume = command_line("distill", argv, add=["--resume"], drop=["--force"])
+    return f"the last checkpoint is {Path(args.out) / CHECKPOINT}; continue with: {resume}"
+
+
 def run(args) -> int:
     import json
 

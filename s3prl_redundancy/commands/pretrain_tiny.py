@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+FLAGS = {"ckpt": "--targets-from"}  # the checkpoint reader names its file `ckpt`; here it is --targets-from
+
 
 def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output folder: train_state.pt, tiny_hubert.pt (hubert_local format), history.json, loss_curve.png")
@@ -54,6 +56,20 @@ def plot_history(history, evals, path) -> None:
     a2.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def resume_hint(args, argv) -> str:
+    """What an interrupted run left in ``--out`` and the command that continues it."""
+    from pathlib import Path
+
+    from ..cli import command_line
+    from ..pretrain.train import STATE
+
+    if not (Path(args.out) / STATE).is_file():
+        return (f"no training state was written yet (the first after {args.checkpoint_every} steps); run the same "
+                "command again" + ("" if args.force or args.resume else " with --force"))
+    resume = command_line("pretrain-tiny", argv, add=["--resume"], drop=["--force"])
+    return f"the last state is {Path(args.out) / STATE}; continue with: {resume}"
 
 
 def run(args) -> int:

@@ -129,8 +129,9 @@ def _choose(args):
     return family, target, strategy, techniques
 
 
-def _load_data(args, strategy):
-    """``(dataset, labels)`` from ``--data`` / ``--labels`` (None where not given or not needed)."""
+def _load_data(args, strategy, fam, ckpt):
+    """``(dataset, labels)`` from ``--data`` / ``--labels`` (None where not given or not needed); clips too
+    short for the model's CNN front end are skipped (and named)."""
     from ..errors import UserInputError
 
     if not args.data:
@@ -141,6 +142,7 @@ def _load_data(args, strategy):
     from ..compression.statistics import load_labels
 
     dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
+    dataset = dataset.without_short_clips(fam.min_samples(ckpt))
     labels = None
     if args.labels or (strategy is not None and strategy.needs_labels):
         labels = load_labels(dataset, args.labels)
@@ -212,7 +214,7 @@ def run(args) -> int:
     out = None if args.dry_run else output_dir(args.out, args.force, command="prune")
     source = resolve_source(family.name, args.ckpt)
     fam, ckpt = load_family_checkpoint(source, expected_family=family.name)
-    dataset, labels = _load_data(args, strategy)
+    dataset, labels = _load_data(args, strategy, fam, ckpt)
     plan = stats = None
     if strategy is not None:
         plan, stats = _plan(args, strategy, target, fam, ckpt, dataset, labels)

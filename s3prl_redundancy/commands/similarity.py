@@ -141,6 +141,20 @@ def run(args) -> int:
         dist_utils.cleanup(ctx)
 
 
+def resume_hint(args, argv) -> str:
+    """What an interrupted run left in ``--out`` and the command that continues it."""
+    from pathlib import Path
+
+    from ..cli import command_line
+    from ..similarity.analysis import PARTIAL_DIR
+
+    partial = Path(args.out) / PARTIAL_DIR
+    if not (args.checkpoint_every or args.resume) or not any(partial.glob("rank*.pt")):
+        return ("nothing was saved (save progress with --checkpoint-every N); run the same command again"
+                + (" with --force" if not args.force and Path(args.out).is_dir() else ""))
+    return f"progress is saved in {partial}; continue with: {command_line('similarity', argv, add=['--resume'], drop=['--force'])}"
+
+
 def _print_summary(report, out, processes: int) -> None:
     summary = {
         "out": str(out),

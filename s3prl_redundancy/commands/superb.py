@@ -67,6 +67,14 @@ def add_arguments(parser):
     add_cluster_arguments(parser)
 
 
+def resume_hint(args, argv) -> str:
+    """Finished runs are kept; the same command runs the rest."""
+    from ..cli import command_line
+
+    return (f"finished runs are kept in {args.out}; the same command continues with the rest: "
+            f"{command_line('superb', argv, drop=['--force'])}")
+
+
 def run(args) -> int:
     from ..superb.runner import run_superb
 

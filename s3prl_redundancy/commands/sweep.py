@@ -58,9 +58,10 @@ def run(args) -> int:
         raise UserInputError("`strategies` is empty; give e.g. backward,block-influence")
     out = output_dir(args.out, args.force, command="sweep", names=OUTPUT_NAMES)
     dataset = AudioDataset.from_data(args.data, max_utterances=args.max_utterances, max_seconds=args.max_seconds)
-    labels = load_labels(dataset, args.labels)
     source = resolve_source(family.name, args.ckpt)
-    _, ckpt = load_family_checkpoint(source, expected_family=family.name)
+    fam, ckpt = load_family_checkpoint(source, expected_family=family.name)
+    dataset = dataset.without_short_clips(fam.min_samples(ckpt))
+    labels = load_labels(dataset, args.labels)
     result = run_sweep(
         ckpt, strategies, dataset, labels, args.max_drop, source=args.ckpt or family.default_url,
         strategy_options={"per_block": args.per_block, "mode": args.convexity_mode, "k": args.convexity_k, "seed": args.seed},

@@ -194,8 +194,6 @@ def compare_outputs(reference: torch.Tensor, candidates: Mapping[str, torch.Tens
 
 def split_dataset(dataset, holdout: float, seed: int = 0):
     """``(fit, held_out)`` datasets: a seeded random fraction ``holdout`` of the files is held out."""
-    from ..audio import AudioDataset
-
     if not 0.0 < holdout < 1.0:
         raise UserInputError(f"`bridge_holdout` must be strictly between 0 and 1, got {holdout}")
     n = len(dataset)
@@ -209,5 +207,5 @@ def split_dataset(dataset, holdout: float, seed: int = 0):
     files = list(dataset.files)
     held = sorted(order[:n_out].tolist())
     fit = sorted(order[n_out:].tolist())
-    make = lambda idx: AudioDataset([files[i] for i in idx], dataset.root, dataset.max_seconds)
+    make = lambda idx: dataset.subset([files[i] for i in idx])
     return make(fit), make(held)

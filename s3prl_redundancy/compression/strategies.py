@@ -250,12 +250,13 @@ def _count_for_target(target: Target, num_layers: int, ranking: Ranking, strateg
         n = _count_for_budget(target, num_layers, ranking, strategy, cost)
     else:
         raise UserInputError(f"strategy {strategy!r} does not take a {target.kind} target")
+    argument = {"layers": "keep_layers", "default": None}.get(target.kind, target.kind)  # the target's argument
     if n <= 0:
-        raise UserInputError(f"the target ({target.describe()}) removes no layer; nothing to prune")
+        raise UserInputError(f"the target ({target.describe()}) removes no layer; nothing to prune", argument=argument)
     if n >= num_layers:
         raise UserInputError(
-            f"the target ({target.describe()}) removes every one of the {num_layers} layers; keep at least one"
-        )
+            f"the target ({target.describe()}) removes every one of the {num_layers} layers; keep at least one",
+            argument=argument)
     if n > n_order:
         raise UserInputError(
             f"strategy {strategy!r} can remove at most {n_order} of {num_layers} layers "
@@ -427,8 +428,8 @@ class ExplicitStrategy(LayerSelectionStrategy):
         bad = [l for l in keep if not 0 <= l < num_layers]
         if bad:
             raise UserInputError(
-                f"layers {bad} do not exist: the model has {num_layers} transformer layers (valid indices 0..{num_layers - 1})"
-            )
+                f"layers {bad} do not exist: the model has {num_layers} transformer layers (valid indices 0..{num_layers - 1})",
+                argument="keep_layers")
         order = [l for l in range(num_layers) if l not in keep]
         return Ranking(order, None, score_name="", default_drop=order, reasons={l: "given by `keep_layers`" for l in order})
 

@@ -158,7 +158,6 @@ def run_sweep(
     progress: bool = False,
 ) -> SweepResult:
     """Evaluate every strategy's model with ``0..max_drop`` layers removed (plus bridged variants)."""
-    from ..audio import AudioDataset
     from .statistics import collect_statistics
     from .structure import make_upstream
 
@@ -176,7 +175,7 @@ def run_sweep(
     if evaluators is None:
         evaluators = [LinearProbeEvaluator(labels, train, test, probe_features),
                       OutputSimilarityEvaluator(source_features.last_frames)]
-    fit_data = AudioDataset([dataset.files[i] for i in train], dataset.root, dataset.max_seconds) if bridge else None
+    fit_data = dataset.subset([dataset.files[i] for i in train]) if bridge else None
     models = _SweepModels(ckpt, source, source_up, source_features, dataset, evaluators, fit_data, bridge_ridge, batch_size)
     rows, rankings = _sweep_rows(built, models, num_layers, max_drop, stats, bridge == "linear")
     return SweepResult(rows, rankings, {"strategies": list(built), "max_drop": max_drop, "num_layers": num_layers,

@@ -226,6 +226,7 @@ def report_for_checkpoint(student_path, teacher: Optional[str] = None, ckpt: Opt
         if not files:
             raise UserInputError(f"no held-out list beside {student_path} (manifest.json); give `data`", argument="data")
         dataset, note = AudioDataset([Path(f) for f in files], None, max_seconds), "held-out utterances"
+    dataset = dataset.without_short_clips(teacher_src.family.min_samples(teacher_src.checkpoint))
     dev = torch.device(device)
     expert = build_teacher_expert(teacher_src).to(dev)
     wavs = [dataset[i][1] for i in range(len(dataset))]

@@ -180,18 +180,21 @@ class Trainer:
 
     # -- set-up --------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Validate every input, then build the teacher, the student, the optimizer and the data order."""
+        """Validate every input, then build the teacher, the student, the optimizer and the data order.
+        ``out`` is changed only once everything that can be refused was checked (models, resume state, cache)."""
         cfg = self.cfg
         check_config(cfg, self.ctx.world_size)
         self._load_inputs()
-        self._prepare_output()
+        self.output = output_dir(self.cfg)  # checked (writability, whose folder); nothing written yet
         self._build_models()
         self.batches = GlobalBatches(len(self.train_set), cfg.batch_size, cfg.seed)
         self.run_identity = self._run_identity()
         self.start_step, self.elapsed = 0, 0.0
         if cfg.resume:
             self._load_state()
-        self.cache = self._prepare_cache() if cfg.cache_teacher else None
+        cache_size = self._check_cache_size() if cfg.cache_teacher else None
+        self._prepare_output()
+        self.cache = self._prepare_cache(cache_size) if cfg.cache_teacher else None
 
     def _load_inputs(self) -> None:
         """The teacher (resolved, not built), the targets (checked) and the train / held-out split."""
@@ -202,13 +205,13 @@ class Trainer:
         self.teacher = resolve_teacher(cfg.teacher, cfg.ckpt)
         parse_targets(cfg.targets, self.teacher.family.num_layers(self.teacher.checkpoint))  # fail before any write
         dataset = AudioDataset.from_data(cfg.data, cfg.max_utterances, cfg.max_seconds)
+        dataset = dataset.without_short_clips(self.teacher.family.min_samples(self.teacher.checkpoint))
         train_files, held = split_heldout(list(dataset.files), cfg.heldout, cfg.seed)
-        self.train_set = AudioDataset(train_files, dataset.root, cfg.max_seconds)
-        self.heldout_set = AudioDataset(held, dataset.root, cfg.max_seconds)
+        self.train_set = dataset.subset(train_files)
+        self.heldout_set = dataset.subset(held)
 
     def _prepare_output(self) -> None:
-        """Every rank checks ``out`` before rank 0 changes it (with ``force``: deletes our previous run)."""
-        self.output = output_dir(self.cfg)
+        """Every rank has checked ``out`` before rank 0 changes it (with ``force``: deletes our previous run)."""
         distributed.barrier()
         if self.ctx.is_main:
             self.output.prepare()
@@ -244,7 +247,7 @@ class Trainer:
     def _load_state(self) -> None:
         from ..checkpoints import load_checkpoint
 
-        state = load_checkpoint(self.out / outputs.STATE, what="training checkpoint")
+        state = load_checkpoint(self.out / outputs.STATE, what="training checkpoint", argument="resume")
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise UserInputError(f"{self.out / outputs.STATE} is not a distillation training checkpoint; choose "
                                  "another `out`, or run without `resume` and with `force=True` to start over there",
@@ -263,12 +266,17 @@ class Trainer:
         set_rng_states(state["rng"])
         self.start_step, self.elapsed = int(state["step"]), float(state["elapsed_seconds"])
 
-    def _prepare_cache(self):
-        from .teacher_cache import TeacherCache, cache_fingerprint, check_cache_size, utterance_samples
+    def _check_cache_size(self) -> int:
+        """The teacher cache's size in bytes, refused over ``cache_max_gb`` (from the clips' headers)."""
+        from .teacher_cache import check_cache_size, utterance_samples
 
         front = self.student.front_end
         frames = [front.num_frames(utterance_samples(self.train_set, i)) for i in range(len(self.train_set))]
-        size = check_cache_size(frames, front.dim, len(self.targets), self.cfg.cache_max_gb)
+        return check_cache_size(frames, front.dim, len(self.targets), self.cfg.cache_max_gb)
+
+    def _prepare_cache(self, size: int):
+        from .teacher_cache import TeacherCache, cache_fingerprint
+
         cache = TeacherCache(self.out / outputs.CACHE_DIR,
                              cache_fingerprint(self.teacher.path, self.train_set.files, self.targets, self.cfg.max_seconds))
         count = len(self.train_set)

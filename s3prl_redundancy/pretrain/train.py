@@ -218,6 +218,18 @@ def output_dir(out, resume: bool, force: bool) -> OutputDir:
     return folder.check(outputs=OUTPUTS, resume_file=STATE)
 
 
+def _check_targets_model(cfg: TrainConfig) -> None:
+    """``targets_from`` is a HuBERT checkpoint with a hidden state ``target_layer`` (0..layers), checked
+    before the speech is synthesised (errors name `ckpt`: the command maps it to its flag)."""
+    from ..checkpoints import load_family_checkpoint
+
+    family, ckpt = load_family_checkpoint(cfg.targets_from, expected_family="hubert")
+    layers = family.num_layers(ckpt)
+    if not 0 <= cfg.target_layer <= layers:
+        raise UserInputError(f"{cfg.target_layer}: the model of `targets_from` has hidden states 0..{layers} "
+                             f"(0 = the transformer input, {layers} = the last layer)", argument="target_layer")
+
+
 def _check_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
     """The settings, before any work; fills ``targets_sha`` (the hash of ``targets_from``)."""
     if cfg.steps is None and cfg.minutes is None and not resume:
@@ -228,8 +240,32 @@ def _check_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
 
         if not Path(cfg.targets_from).is_file():
             raise UserInputError(f"no such file: {cfg.targets_from}", argument="targets_from")
+        _check_targets_model(cfg)
         cfg = dataclasses.replace(cfg, targets_sha=hashlib.sha256(Path(cfg.targets_from).read_bytes()).hexdigest())
     return cfg
+
+
+_STATE_KEYS = ("identity", "model", "optimizer", "step", "total_steps", "seconds", "history", "evals")
+
+
+def read_state(cfg: TrainConfig, state_path: Path) -> Dict[str, Any]:
+    """``train_state.pt``, checked against ``cfg`` (the same configuration, the same step budget) before any
+    data is synthesised: a bad file is refused in a second, not after the corpus is built."""
+    from ..checkpoints import load_checkpoint
+
+    state = load_checkpoint(state_path, what="training state", argument="resume")
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserInputError(f"{state_path} is not a pretrain-tiny training state (no {', '.join(missing)}); run it "
+                             "`resume=False` with `force=True` to start over", argument="resume")
+    if state["identity"] != json.loads(json.dumps(cfg.identity())):
+        raise UserInputError(f"{state_path} was written with a different configuration (seed, data, batch, "
+                             "model); use the same options, or run it `resume=False` with `force=True` to start "
+                             "over", argument="resume")
+    if cfg.steps is not None and cfg.steps != int(state["total_steps"]):
+        raise UserInputError(f"the run was planned for {int(state['total_steps'])} steps (its learning-rate schedule); "
+                             f"got `steps={cfg.steps}`. Leave out `steps` / `minutes` when resuming", argument="resume")
+    return state
 
 
 class _Run:
@@ -250,23 +286,12 @@ class _Run:
     def identity(self) -> Dict[str, Any]:
         return json.loads(json.dumps(self.cfg.identity()))
 
-    def load(self, state_path: Path) -> None:
-        """Continue from ``train_state.pt`` (the same configuration, the same step budget)."""
-        import torch
-
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["identity"] != self.identity():
-            raise UserInputError(f"{state_path} was written with a different configuration (seed, data, batch, "
-                                 "model); use the same options, or run it `resume=False` with `force=True` to start "
-                                 "over", argument="resume")
+    def load(self, state: Dict[str, Any]) -> None:
+        """Continue from ``train_state.pt``, read and checked by :func:`read_state`."""
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.start, self.total, self.elapsed = int(state["step"]), int(state["total_steps"]), float(state["seconds"])
         self.history, self.evals = list(state["history"]), list(state["evals"])
-        if self.cfg.steps is not None and self.cfg.steps != self.total:
-            raise UserInputError(f"the run was planned for {self.total} steps (its learning-rate schedule); got "
-                                 f"`steps={self.cfg.steps}`. Leave out `steps` / `minutes` when resuming",
-                                 argument="resume")
 
     def save(self, step: int) -> None:
         """``train_state.pt``, the ``hubert_local`` export and ``history.json``, each atomic."""
@@ -357,6 +382,7 @@ def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: boo
     """
     output = output_dir(out, resume, force)
     cfg = _check_config(cfg, resume)
+    state = read_state(cfg, output.path / STATE) if resume else None
     dev, autocast_dtype = _device_setup(device)
     output.prepare()
     output.record(CURVE)  # plotted by the command once training returns
@@ -364,8 +390,8 @@ def train(cfg: TrainConfig, out, data_dir=None, device: str = "cpu", resume: boo
         data_dir = output.file(DATA)
     corpus = prepare_corpus(cfg, data_dir, log=log)
     run = _Run(cfg, output, dev, autocast_dtype)
-    if resume:
-        run.load(output.path / STATE)
+    if state is not None:
+        run.load(state)
     _plan_steps(run, corpus, resume, log)
     end = run.total if stop_after is None else min(run.total, stop_after)
     _loop(run, corpus, end, log)

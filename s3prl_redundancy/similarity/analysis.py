@@ -496,6 +496,7 @@ def analyze(
     ctx = dist_utils.current() if shard else dist_utils.DistContext()
     dev, metric_set, dataset = _validate(device, ctx, metrics, metric_options, checkpoint_every, dataset)
     upstream, upstream_name = _prepare_upstream(upstream, upstream_name, ckpt, model_config, dev)
+    dataset = _long_enough(dataset, upstream)
     if ctx.distributed:
         local_data, indices = dist_utils.shard_dataset(dataset, ctx.rank, ctx.world_size)
     else:
@@ -553,6 +554,18 @@ def _validate(device: Any, ctx: Any, metrics: Any, metric_options: Any, checkpoi
     if isinstance(dataset, (str, os.PathLike)):
         dataset = AudioDataset.from_data(dataset)
     return dev, metric_set, dataset
+
+
+def _long_enough(dataset: Any, upstream: Any) -> Any:
+    """An audio dataset without the clips too short for ``upstream``'s CNN front end (every rank drops the same)."""
+    from ..audio import AudioDataset
+    from ..families import module_min_samples
+
+    if not isinstance(dataset, AudioDataset):
+        return dataset
+    if dataset.max_seconds is not None and dataset.max_seconds <= 0:
+        raise UserInputError(f"must be > 0 seconds, got {dataset.max_seconds}", argument="max_seconds")
+    return dataset.without_short_clips(module_min_samples(upstream))
 
 
 def _prepare_upstream(upstream: Any, upstream_name: Optional[str], ckpt: Any, model_config: Any,

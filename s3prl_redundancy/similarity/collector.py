@@ -265,6 +265,9 @@ class HiddenStateCollector:
         self.check_finite = check_finite
         self.rate = rate if rate is not None else downsample_rate(upstream)
         self.num_layers: Optional[int] = None
+        from ..families import module_min_samples
+
+        self.min_samples = module_min_samples(upstream)  # shorter waveforms make the CNN front end fail
 
     def add_consumer(self, consumer: Consumer) -> None:
         if not callable(consumer) and not hasattr(consumer, "update"):
@@ -311,6 +314,10 @@ class HiddenStateCollector:
         indices = list(range(len(wavs))) if utterance_indices is None else [int(i) for i in utterance_indices]
         if len(ids) != len(wavs) or len(indices) != len(wavs):
             raise ValueError(f"{len(wavs)} waveforms but {len(ids)} utterance ids and {len(indices)} indices")
+        short = [f"{u} ({int(w.shape[-1])} samples)" for u, w in zip(ids, wavs) if int(w.shape[-1]) < self.min_samples]
+        if short:  # AudioDataset.without_short_clips skips them up front; other datasets are refused here
+            raise UserInputError(f"utterance(s) {', '.join(short)} are shorter than the {self.min_samples} samples the "
+                                 "model's convolution front end needs for one frame; drop them from the data")
         with torch.inference_mode() if inference else contextlib.nullcontext():
             output, hidden, lengths = extract_hidden_states(self.upstream, wavs, self.rate)
         if any(h.shape[0] != len(wavs) for h in hidden):

@@ -60,6 +60,9 @@ def collect_runs(exproot: PathLike) -> List[Dict[str, Any]]:
     runs = []
     for path in sorted((root / RUNS_DIR).glob(f"*/*/{RUN_JSON}")):
         record = read_run_json(path.parent)
+        if record is not None and not all(isinstance(record.get(k), str) for k in ("upstream", "task")):
+            raise UserInputError(f"{path} has no upstream label / task name: it was edited or damaged; delete that "
+                                 "run folder (the next superb run repeats it)", argument="exproot")
         if record is not None:
             record["_run_dir"] = str(path.parent)
             runs.append(record)
@@ -70,9 +73,23 @@ def collect_runs(exproot: PathLike) -> List[Dict[str, Any]]:
     return runs
 
 
+def _metric_problem(record: Mapping[str, Any]) -> Optional[str]:
+    """Why a finished run's ``metric`` cannot be shown (None when it is a finite number)."""
+    metric = record.get("metric")
+    if not metric:
+        return "no metric recorded"
+    try:
+        value = res.percent(metric)
+    except (TypeError, KeyError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value):
+        return f"the metric {metric!r} in {record.get('_run_dir', '?')}/{RUN_JSON} is not a number"
+    return None
+
+
 def _failure(record: Mapping[str, Any]) -> str:
     status = record.get("status")
-    error = record.get("error") or ("no metric recorded" if status == STATUS_FINISHED else "did not finish")
+    error = record.get("error") or (_metric_problem(record) if status == STATUS_FINISHED else "did not finish")
     return f"{status}: {error} (log: {record.get('log')})"
 
 
@@ -95,7 +112,7 @@ def task_cells(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
         cells = {}
         for task, records in tasks.items():
             records = sorted(records, key=lambda r: ER_FOLDS.index(r["fold"]) if r.get("fold") in ER_FOLDS else -1)
-            bad = [r for r in records if r.get("status") != STATUS_FINISHED or not r.get("metric")]
+            bad = [r for r in records if r.get("status") != STATUS_FINISHED or _metric_problem(r)]
             folds = [r.get("fold") for r in records if r.get("fold")]
             if bad:
                 failure = "; ".join(

@@ -101,7 +101,21 @@ class SuperbOptions:
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise UserInputError(f"{self.device!r}: use cpu or cuda", argument="device")
         check_cost_options(self.cost_seconds, self.cost_repeats)
+        for spec in self.upstreams:
+            check_upstream_files(spec)
         return self
+
+
+def check_upstream_files(spec: UpstreamSpec) -> None:
+    """An entry that loads a checkpoint has one, and every local ``-k`` / ``-g`` file exists (before any run)."""
+    from ..families import entry_needs_checkpoint
+
+    if entry_needs_checkpoint(spec.entry) and not spec.ckpt:
+        raise UserInputError(f"{spec.label}: the hub entry {spec.entry!r} loads a checkpoint, and none was given; "
+                             f"add `upstream_args={spec.label}:k=PATH`", argument="upstream_args")
+    for key, value in (("k", spec.ckpt), ("g", spec.model_config)):
+        if value and not str(value).startswith(("http://", "https://")) and not Path(value).is_file():
+            raise UserInputError(f"{spec.label}:{key}={value}: no such file; check the path", argument="upstream_args")
 
 
 def validate_upstreams(specs: Sequence[UpstreamSpec]) -> None:

@@ -79,9 +79,11 @@ def wav_header_frames(path) -> Optional[int]:
             kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if kind == b"data":
                 return size // block if block and size not in (0, 0xFFFFFFFF) else None
-            body = f.read(size + size % 2) if kind == b"fmt " else f.seek(size + size % 2, 1)
-            if kind == b"fmt " and len(body) >= 14:
-                block = struct.unpack("<H", body[12:14])[0]
+            if kind == b"fmt ":
+                body = f.read(size + size % 2)  # chunks are padded to an even size
+                block = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else 0  # bytes per frame
+            else:
+                f.seek(size + size % 2, 1)
 
 
 def check_complete(path, frames: int) -> None:

@@ -43,6 +43,15 @@ def list_audio(data, max_utterances: Optional[int] = None) -> List[Path]:
     return files[:max_utterances] if max_utterances else files
 
 
+def _unreadable(path, error: Exception) -> UserInputError:
+    return UserInputError(f"cannot read audio file {path}: {error}; remove it from `data` or convert it to wav/flac",
+                          argument="data")
+
+
+def _no_samples(path) -> UserInputError:
+    return UserInputError(f"audio file {path} has no samples (zero length); remove it from `data`", argument="data")
+
+
 def load_audio(path, sample_rate: int = SAMPLE_RATE):
     """A mono float32 tensor at ``sample_rate``; unreadable or empty audio raises a UserInputError naming the file."""
     import soundfile
@@ -51,9 +60,9 @@ def load_audio(path, sample_rate: int = SAMPLE_RATE):
     try:
         data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError for unreadable files
-        raise UserInputError(f"cannot read audio file {path}: {e}; remove it from --data or convert it to wav/flac") from None
+        raise _unreadable(path, e) from None
     if data.shape[0] == 0:
-        raise UserInputError(f"audio file {path} has no samples (zero length); remove it from --data")
+        raise _no_samples(path)
     check_complete(path, data.shape[0])
     wav = torch.from_numpy(data).mean(dim=1)
     if sr != sample_rate:
@@ -79,9 +88,11 @@ def wav_header_frames(path) -> Optional[int]:
             kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if kind == b"data":
                 return size // block if block and size not in (0, 0xFFFFFFFF) else None
-            body = f.read(size + size % 2) if kind == b"fmt " else f.seek(size + size % 2, 1)
-            if kind == b"fmt " and len(body) >= 14:
-                block = struct.unpack("<H", body[12:14])[0]
+            if kind == b"fmt ":
+                body = f.read(size + size % 2)  # chunks are padded to an even size
+                block = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else 0  # bytes per frame
+            else:
+                f.seek(size + size % 2, 1)
 
 
 def check_complete(path, frames: int) -> None:
@@ -101,9 +112,9 @@ def clip_samples(path, sample_rate: int = SAMPLE_RATE) -> int:
     try:
         info = soundfile.info(str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError for unreadable files
-        raise UserInputError(f"cannot read audio file {path}: {e}; remove it from --data or convert it to wav/flac") from None
+        raise _unreadable(path, e) from None
     if info.frames == 0:  # a damaged or empty file, not merely a short clip: refused as load_audio refuses it
-        raise UserInputError(f"audio file {path} has no samples (zero length); remove it from --data")
+        raise _no_samples(path)
     check_complete(path, info.frames)
     return int(info.frames * sample_rate // info.samplerate)
 

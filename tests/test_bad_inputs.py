@@ -211,6 +211,7 @@ CASES = [
     ("pretrain-targets-from-other-family", PRETRAIN + " --targets-from {wavlm}", ["--targets-from", "wavlm checkpoint"]),
     ("pretrain-target-layer-out-of-range", PRETRAIN + " --targets-from {ckpt} --target-layer 9", ["--target-layer", "0..2"]),
     ("sweep-no-strategies", _replace(SWEEP, "--strategies backward", "--strategies ,"), ["--strategies", "empty"]),
+    ("export-negative-tolerance", EXPORT + " --atol -1", ["--atol", ">= 0"]),
     ("export-missing-out", "export --ckpt {ckpt}", ["--out", "required"]),
 ]
 

@@ -157,6 +157,8 @@ def export(ckpt: Mapping[str, Any], out_dir, force: bool = False, atol: float = 
     from ..io import atomic_files, atomic_write_text
     from .compress import output_dir
 
+    if not atol >= 0:  # a negative (or NaN) tolerance would fail the check after the whole export
+        raise UserInputError(f"must be a difference >= 0, got {atol}", argument="atol")
     transformers.utils.logging.disable_progress_bar()
     out = output_dir(out_dir, force, command="export", names=EXPORT_NAMES)
     family = FAMILIES[family_of(ckpt)]

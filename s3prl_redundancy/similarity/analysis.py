@@ -563,8 +563,6 @@ def _long_enough(dataset: Any, upstream: Any) -> Any:
 
     if not isinstance(dataset, AudioDataset):
         return dataset
-    if dataset.max_seconds is not None and dataset.max_seconds <= 0:
-        raise UserInputError(f"must be > 0 seconds, got {dataset.max_seconds}", argument="max_seconds")
     return dataset.without_short_clips(module_min_samples(upstream))
 
 

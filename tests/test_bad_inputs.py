@@ -198,7 +198,7 @@ CASES = [
     ("distill-heldout-more-than-data", DISTILL + " --heldout 500", ["--heldout", "hold out 0..2"]),
     ("superb-local-entry-without-checkpoint", _replace(SUPERB, " --upstream-args base:k={ckpt}", ""),
      ["--upstream-args", "hubert_local", "base:k=PATH"]),
-    ("superb-checkpoint-missing", _replace(SUPERB, "base:k={ckpt}", "base:k={missing}"), ["--upstream-args", "does_not_exist", "Give the path"]),
+    ("superb-checkpoint-missing", _replace(SUPERB, "base:k={ckpt}", "base:k={missing}"), ["--upstream-args", "does_not_exist", "give the path"]),
     ("superb-unknown-task", _replace(SUPERB, "--tasks ks", "--tasks ks,xx"), ["--tasks", "xx"]),
     ("superb-unknown-entry", _replace(SUPERB, "base=hubert_local", "base=hubert_lcoal"), ["--upstreams", "hubert_lcoal"]),
     ("superb-data-root-missing", _replace(SUPERB, "{empty_dir}", "{missing}"), ["does_not_exist"]),

@@ -177,8 +177,14 @@ def test_parse_upstream_args(tmp_path):
     cfg.write_text("keep_layers: [0]\n")
     got = cmd.parse_upstream_args([f"p:k={ckpt},g={cfg}", "u:k=https://example.org/m.pt"], ["p", "u"])
     assert got == {"p": {"ckpt": str(ckpt), "model_config": str(cfg)}, "u": {"ckpt": "https://example.org/m.pt"}}
-    with pytest.raises(UserInputError, match=r"does not exist.*missing\.pt"):
-        cmd.parse_upstream_args([f"p:k={tmp_path / 'missing.pt'}"], ["p"])
+    # a missing local -k is refused once, by the validation every run goes through (hub ids pass for hf_* entries)
+    missing = cmd.parse_upstream_args([f"p:k={tmp_path / 'missing.pt'}"], ["p"])["p"]["ckpt"]
+    with pytest.raises(UserInputError, match=r"missing\.pt does not exist"):
+        planning.check_upstream_files(planning.UpstreamSpec("p", "pruned_hubert", ckpt=missing))
+    planning.check_upstream_files(planning.UpstreamSpec("h", "hf_hubert_custom", ckpt="facebook/hubert-base-ls960"))
+    folder = tmp_path / "hf_folder"
+    folder.mkdir()
+    planning.check_upstream_files(planning.UpstreamSpec("p", "pruned_hubert", ckpt=str(folder)))  # a transformers folder
     with pytest.raises(UserInputError, match=r"upstream_args: .* names upstream 'q', which is not in `upstreams` \['p'\]"):
         cmd.parse_upstream_args([f"q:k={ckpt}"], ["p"])
     with pytest.raises(UserInputError, match="not k=PATH or g=PATH"):

@@ -233,7 +233,7 @@ def _name_prefix(item: str, labels: Sequence[str], argument: str, example: str) 
 
 def parse_upstream_args(items: Optional[Sequence[str]], labels: Sequence[str]) -> Dict[str, Dict[str, str]]:
     """``["p6:k=hubert.pt,g=keep.yaml"]`` -> ``{"p6": {"ckpt": "/abs/hubert.pt", "model_config": "/abs/keep.yaml"}}``.
-    Local paths are made absolute and must exist; URLs are kept."""
+    Local paths are made absolute; URLs and hub ids are kept (``SuperbOptions.validate`` checks them)."""
     out: Dict[str, Dict[str, str]] = {}
     for item in items or []:
         label, rest = _name_prefix(item, labels, "upstream_args", "k=CKPT,g=MODEL_CONFIG")
@@ -250,14 +250,10 @@ def parse_upstream_args(items: Optional[Sequence[str]], labels: Sequence[str]) -
             name = _ARG_KEYS[key]
             if name in args:
                 raise UserInputError(f"{key} is given twice for {label!r}", argument="upstream_args")
-            if not value.startswith(("http://", "https://")):
-                path = Path(os.path.expanduser(value)).resolve()
-                if not path.is_file():
-                    raise UserInputError(
-                        f"{label}: {key}={value} does not exist (or is not a file): {path}. "
-                        "Give the path of the checkpoint (k) or model config (g).", argument="upstream_args")
-                value = str(path)
-            args[name] = value
+            path = Path(os.path.expanduser(value))
+            if path.exists():  # a local file or folder: absolute, since s3prl runs in the run's folder
+                value = str(path.resolve())
+            args[name] = value  # else a URL or hub id, as s3prl's -k takes it (planning checks which entries need a path)
     return out
 
 

@@ -113,9 +113,14 @@ def check_upstream_files(spec: UpstreamSpec) -> None:
     if entry_needs_checkpoint(spec.entry) and not spec.ckpt:
         raise UserInputError(f"{spec.label}: the hub entry {spec.entry!r} loads a checkpoint, and none was given; "
                              f"add `upstream_args={spec.label}:k=PATH`", argument="upstream_args")
-    for key, value in (("k", spec.ckpt), ("g", spec.model_config)):
-        if value and not str(value).startswith(("http://", "https://")) and not Path(value).is_file():
-            raise UserInputError(f"{spec.label}:{key}={value}: no such file; check the path", argument="upstream_args")
+    remote = lambda value: str(value).startswith(("http://", "https://"))  # noqa: E731
+    # -k is a local file or transformers folder; only s3prl's transformers entries (hf_*) also take a hub id
+    if spec.ckpt and not remote(spec.ckpt) and not spec.entry.startswith("hf_") and not Path(spec.ckpt).exists():
+        raise UserInputError(f"{spec.label}:k={spec.ckpt} does not exist (no such file or folder); give the path of the "
+                             "checkpoint (a file, or a transformers model folder)", argument="upstream_args")
+    if spec.model_config and not remote(spec.model_config) and not Path(spec.model_config).is_file():
+        raise UserInputError(f"{spec.label}:g={spec.model_config} does not exist (or is not a file); give the path of "
+                             "the model config", argument="upstream_args")
 
 
 def validate_upstreams(specs: Sequence[UpstreamSpec]) -> None:

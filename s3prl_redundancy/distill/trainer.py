@@ -71,10 +71,14 @@ class DistillConfig:
     report: bool = True
     report_repeats: int = 5
     progress: bool = True
+    front_end: str = "teacher"  # or "light": a small trained front end (.light_front_end)
+    front_end_steps: Optional[int] = None  # light: stage-1 steps (match hidden_states[0] only); None: steps // 4
+    front_end_channels: int = 64  # light: CNN width
 
     # what must match for `resume` (the rest may change: steps, save_every, device, report, progress)
     RESUME_KEYS = ("teacher", "arch", "hidden", "residual", "heads", "batch_size", "lr", "max_seconds",
-                   "max_utterances", "heldout", "cosine_weight", "cache_teacher", "seed")
+                   "max_utterances", "heldout", "cosine_weight", "cache_teacher", "seed", "front_end",
+                   "front_end_steps", "front_end_channels")
 
 
 def training_device(device: str, ctx: distributed.DistContext) -> torch.device:
@@ -162,6 +166,23 @@ def check_config(cfg: DistillConfig, world_size: int) -> None:
     if cfg.batch_size < world_size:
         raise UserInputError(f"{cfg.batch_size} is the global batch; it must be at least the number of processes "
                              f"({world_size}) so that every rank gets an utterance", argument="batch_size")
+    from .light_front_end import check_kind
+
+    check_kind(cfg.front_end)
+    if cfg.front_end_steps is not None:
+        if cfg.front_end != "light":
+            raise UserInputError("is the light front end's first stage; it needs `front_end='light'`",
+                                 argument="front_end_steps")
+        if not 0 <= int(cfg.front_end_steps) < cfg.steps:
+            raise UserInputError(f"must be at least 0 and below `steps={cfg.steps}` (the joint stage needs steps), "
+                                 f"got {cfg.front_end_steps}", argument="front_end_steps")
+
+
+def resolved_front_end_steps(cfg: DistillConfig) -> int:
+    """Steps of stage 1 (the light front end alone against ``hidden_states[0]``); 0 for the teacher's front end."""
+    if cfg.front_end != "light":
+        return 0
+    return int(cfg.front_end_steps) if cfg.front_end_steps is not None else cfg.steps // 4
 
 
 def output_dir(cfg: DistillConfig) -> io.OutputDir:
@@ -224,16 +245,21 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial mimicker on every rank (DDP also broadcasts it)
         family = self.teacher.family.name
         self.student = Student.from_teacher(family, self.teacher.checkpoint, cfg.arch, cfg.targets, cfg.hidden,
-                                            cfg.residual, cfg.heads).to(self.device)
+                                            cfg.residual, cfg.heads, cfg.front_end,
+                                            cfg.front_end_channels).to(self.device)
         self.targets = self.student.targets
+        self.light = bool(self.student.front_end.trainable)
+        self.front_end_steps = resolved_front_end_steps(cfg)
         self.expert = build_teacher_expert(self.teacher).to(self.device)
-        self.optimizer = torch.optim.Adam(self.student.mimicker.parameters(), lr=cfg.lr)
-        self.model = self.student.mimicker
+        # what trains: the mimicker, and the light front end with it (the whole student runs from waveforms)
+        self.trained = self.student if self.light else self.student.mimicker
+        self.optimizer = torch.optim.Adam([p for p in self.trained.parameters() if p.requires_grad], lr=cfg.lr)
+        self.model = self.trained
         if self.ctx.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.student.mimicker, device_ids=ids)
+            self.model = DistributedDataParallel(self.trained, device_ids=ids)
 
     def _run_identity(self) -> Dict[str, Any]:
         ident = {k: getattr(self.cfg, k) for k in DistillConfig.RESUME_KEYS}
@@ -259,6 +285,9 @@ class Trainer:
             raise UserInputError(f"the checkpoint is at step {state['step']}, beyond `steps={self.cfg.steps}`; "
                                  f"give `steps={state['step']}` or more", argument="resume")
         self.student.mimicker.load_state_dict(state["mimicker"])
+        if self.light:
+            self.student.front_end.load_state_dict(state["front_end"])
+            self.front_end_steps = int(state["front_end_steps"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
         self.start_step, self.elapsed = int(state["step"]), float(state["elapsed_seconds"])
@@ -299,24 +328,45 @@ class Trainer:
         return [h.float().clone() for h in hs]  # clone: leave inference mode (tensors usable by autograd)
 
     def batch(self, step: int):
-        """``(x0, targets, padding mask)`` of this rank's share of global batch ``step``."""
+        """``(wavs, x0, targets, padding mask)`` of this rank's share of global batch ``step``: the teacher's
+        transformer input and target layers (``wavs`` only for a light front end, which runs on them)."""
         local = shard(self.batches.batch(step), self.ctx.rank, self.ctx.world_size)
+        wavs = [self.train_set[i][1].to(self.device) for i in local] if self.light or self.cache is None else None
         if self.cache is not None:
-            return self.cache.load_batch(local, self.device)
-        wavs = [self.train_set[i][1].to(self.device) for i in local]
+            return (wavs, *self.cache.load_batch(local, self.device))
         hs = self.teacher_states(wavs)
         lengths = torch.tensor([len(w) for w in wavs], device=self.device)
         mask = self.student.front_end.padding_mask_for_lengths(lengths)
-        return hs[0], [hs[t] for t in self.targets], mask
+        return wavs, hs[0], [hs[t] for t in self.targets], mask
 
     def step_losses(self, step: int) -> torch.Tensor:
-        """Per-target loss terms of this rank (their sum over ranks is the global loss); with grad."""
-        x0, targets, mask = self.batch(step)
+        """Loss terms of this rank (their sum over ranks is the global loss); with grad. Per target; a light
+        front end adds its own term first (its output against the teacher's ``hidden_states[0]``)."""
+        wavs, x0, targets, mask = self.batch(step)
         valid = ~mask
         frames = distributed.all_reduce_sum([float(valid.sum())], dtype=torch.float64)[0]
         with self.autocast():
-            preds = self.model(x0, mask)
+            if self.light:
+                preds, _ = self.model(wavs)
+                targets = [x0, *targets]
+            else:
+                preds = self.model(x0, mask)
         return masked_losses(preds, targets, valid, frames, self.cfg.cosine_weight)
+
+    def stage(self, step: int) -> int:
+        """1: the light front end alone against ``hidden_states[0]``; 2: everything that trains, jointly."""
+        return 1 if step < self.front_end_steps else 2
+
+    def logged_layers(self) -> List[int]:
+        """The teacher layer of each loss term: the targets, after layer 0 for a light front end."""
+        return [0, *self.targets] if self.light else list(self.targets)
+
+    def loss_weights(self, step: int, count: int) -> torch.Tensor:
+        """Weight of each loss term in the optimised loss: stage 1 keeps only the front end's term."""
+        weights = torch.ones(count, dtype=torch.float32, device=self.device)
+        if self.stage(step) == 1:
+            weights[1:] = 0.0
+        return weights
 
     # -- loop ----------------------------------------------------------------------------------
     def save_state(self, step: int) -> None:
@@ -324,6 +374,8 @@ class Trainer:
             "format": STATE_FORMAT,
             "step": step,
             "mimicker": {k: v.detach().cpu() for k, v in self.student.mimicker.state_dict().items()},
+            **({"front_end": {k: v.detach().cpu() for k, v in self.student.front_end.state_dict().items()},
+                "front_end_steps": self.front_end_steps} if self.light else {}),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states(),
             "data_position": self.batches.position(step),
@@ -339,12 +391,12 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, ctx = self.cfg, self.ctx
-        log = outputs.TrainLog(self.out / outputs.LOG, self.targets)
+        log = outputs.TrainLog(self.out / outputs.LOG, self.logged_layers())
         if ctx.is_main:
             self.output.record(outputs.LOG)
             log.start(self.start_step)
         self._t0 = time.perf_counter()
-        self.student.mimicker.train()
+        self.trained.train()
         self._last_saved = self.start_step if cfg.resume else None
         bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (cfg.progress and ctx.is_main),
                    desc="distill", dynamic_ncols=True)
@@ -357,20 +409,24 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4g}")
         finally:
             bar.close()
-        self.student.mimicker.eval()
+        self.trained.eval()
         distributed.barrier()
         return {"steps": cfg.steps, "losses": history, "elapsed_seconds": self.elapsed_now()}
 
     def _train_step(self, step: int, log: outputs.TrainLog) -> float:
         """One optimizer step on global batch ``step``: log it, checkpoint when due; returns the global loss."""
         terms = self.step_losses(step)
+        weights = self.loss_weights(step, len(terms))
         reported = torch.tensor(distributed.all_reduce_sum(terms.detach().to(torch.float64).tolist(),
                                                            dtype=torch.float64), dtype=torch.float64)
-        loss = float(reported.sum())
+        loss = float((reported * weights.cpu().to(torch.float64)).sum())
         if not torch.isfinite(reported).all():
             raise self._diverged(step, loss, reported)
         self.optimizer.zero_grad(set_to_none=True)
-        (terms.sum() * self.ctx.world_size).backward()
+        ((terms * weights).sum() * self.ctx.world_size).backward()
+        if self.stage(step) == 1:  # the mimicker waits: no gradient, so Adam neither moves it nor counts the step
+            for p in self.student.mimicker.parameters():
+                p.grad = None
         self.optimizer.step()
         done = step + 1
         if self.ctx.is_main:
@@ -388,7 +444,7 @@ class Trainer:
         else:
             where = (f"no checkpoint was written yet (the first is at step {self.cfg.save_every}, `save_every`); "
                      "start over with `force=True` once the cause is fixed")
-        per_target = ", ".join(f"layer {t}: {float(v):.4g}" for t, v in zip(self.targets, reported))
+        per_target = ", ".join(f"layer {t}: {float(v):.4g}" for t, v in zip(self.logged_layers(), reported))
         return TrainingDivergedError(
             f"the distillation loss is {loss} at step {step + 1} (per target: {per_target}); training stopped "
             f"before that update and {where}. Check `data` for silent, corrupt or NaN audio, or lower `lr`")
@@ -415,7 +471,8 @@ class Trainer:
         teacher = dict(teacher_configs(self.teacher.family.name, self.teacher.checkpoint), source=self.teacher.source)
         training = {"steps": self.cfg.steps, "initial_loss": losses[0] if losses else None,
                     "final_loss": losses[-1] if losses else None, "world_size": self.ctx.world_size,
-                    "elapsed_seconds": result["elapsed_seconds"]}
+                    "elapsed_seconds": result["elapsed_seconds"],
+                    **({"front_end_steps": self.front_end_steps} if self.light else {})}
         student_path = save_student(self.student.cpu(), teacher, self.output.file(outputs.STUDENT), training)
         self.student.to(self.device)
         return {
@@ -425,6 +482,7 @@ class Trainer:
                         "num_layers": teacher["num_layers"]},
             "targets": self.targets,
             "student_config": self.student.config.to_dict(),
+            "front_end": self.student.front_end.config(),
             "training": training,
             "config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "force", "progress")},
             "data": {"train_utterances": len(self.train_set),

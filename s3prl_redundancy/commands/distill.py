@@ -43,6 +43,12 @@ def add_arguments(parser):
                         help="light: steps of the first stage, matching the teacher's transformer input "
                              "(default steps // 4)")
     parser.add_argument("--front-end-channels", type=int, default=64, help="light: CNN channels (default 64)")
+    parser.add_argument("--layer-weighting", default="variance", choices=["variance", "none"],
+                        help="variance (default): each layer's MSE relative to the teacher layer's variance, so every "
+                             "layer counts alike; none: plain sum of MSEs")
+    parser.add_argument("--no-final-norm", dest="final_norm", action="store_false",
+                        help="pre-LN teachers: do not end the last prediction with a copy of the teacher's final "
+                             "LayerNorm")
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size in utterances (default 8)")
     parser.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")

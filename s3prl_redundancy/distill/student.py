@@ -81,13 +81,23 @@ class Student(nn.Module):
     @classmethod
     def from_teacher(cls, family: str, teacher_ckpt: Mapping[str, Any], arch: str = "mlp", targets=None,
                      hidden: int = 64, residual: bool = True, heads: int = 0, front_end: str = "teacher",
-                     front_end_channels: int = 64) -> "Student":
-        """A new student of ``teacher_ckpt``: ``front_end`` ``"teacher"`` (copied, frozen) or ``"light"``."""
+                     front_end_channels: int = 64, final_norm: bool = True) -> "Student":
+        """A new student of ``teacher_ckpt``: ``front_end`` ``"teacher"`` (copied, frozen) or ``"light"``.
+        ``final_norm``: when the teacher is pre-LN and its last layer is a target, that prediction ends with a
+        copy of the teacher's final LayerNorm (trained further; see :mod:`.mimickers`)."""
+        fam = FAMILIES[family]
         front = front_end_for_teacher(front_end, family, teacher_ckpt, front_end_channels)
-        num_layers = FAMILIES[family].num_layers(teacher_ckpt)
-        cfg = MimickerConfig(arch=arch, dim=front.dim, targets=parse_targets(targets, num_layers), hidden=hidden,
-                             residual=residual, heads=heads)
-        return cls(front, cfg)
+        num_layers = fam.num_layers(teacher_ckpt)
+        chosen = parse_targets(targets, num_layers)
+        norm = final_norm and bool(fam.checkpoint_config(teacher_ckpt).layer_norm_first) and chosen[-1] == num_layers
+        cfg = MimickerConfig(arch=arch, dim=front.dim, targets=chosen, hidden=hidden, residual=residual, heads=heads,
+                             final_norm=norm)
+        student = cls(front, cfg)
+        if norm:
+            weights = fam.weights(teacher_ckpt)
+            student.mimicker.final_norm.load_state_dict(
+                {p: weights[f"encoder.layer_norm.{p}"].detach().clone().float() for p in ("weight", "bias")})
+        return student
 
 
 def student_checkpoint(student: Student, teacher: Mapping[str, Any], training: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:

@@ -74,11 +74,16 @@ class DistillConfig:
     front_end: str = "teacher"  # or "light": a small trained front end (.light_front_end)
     front_end_steps: Optional[int] = None  # light: stage-1 steps (match hidden_states[0] only); None: steps // 4
     front_end_channels: int = 64  # light: CNN width
+    # "variance": each layer's MSE divided by the teacher layer's variance over the global batch (every layer
+    # counts alike); "none": plain MSEs (layers with a large residual stream dominate; the last layer of a
+    # pre-LN teacher, layer-normalised, then counts ~1%)
+    layer_weighting: str = "variance"
+    final_norm: bool = True  # pre-LN teachers: the last prediction ends with a copy of the teacher's final norm
 
     # what must match for `resume` (the rest may change: steps, save_every, device, report, progress)
     RESUME_KEYS = ("teacher", "arch", "hidden", "residual", "heads", "batch_size", "lr", "max_seconds",
                    "max_utterances", "heldout", "cosine_weight", "cache_teacher", "seed", "front_end",
-                   "front_end_steps", "front_end_channels")
+                   "front_end_steps", "front_end_channels", "layer_weighting", "final_norm")
 
 
 def training_device(device: str, ctx: distributed.DistContext) -> torch.device:
@@ -141,13 +146,31 @@ def split_heldout(files: List[Path], heldout: Optional[int], seed: int):
     return train, [files[i] for i in held]
 
 
+LAYER_WEIGHTINGS = ("variance", "none")
+
+
+def target_variances(targets: Sequence[torch.Tensor], valid: torch.Tensor) -> List[float]:
+    """Per target, the variance per value of its valid frames over the *global* batch (sums reduced over ranks)."""
+    sums, squares = [], []
+    for target in targets:
+        t = target.detach().double()[valid]
+        sums.append(t.sum(0))
+        squares.append(float(t.pow(2).sum()))
+    dim = int(sums[0].numel())
+    flat = distributed.all_reduce_sum([float(valid.sum()), *squares, *torch.cat(sums).tolist()], dtype=torch.float64)
+    n, squares, means = flat[0], flat[1:1 + len(targets)], torch.tensor(flat[1 + len(targets):]).view(len(targets), dim)
+    means = means / n
+    return [max((sq / n - float(m.pow(2).sum())) / dim, 1e-12) for sq, m in zip(squares, means)]
+
+
 def masked_losses(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], valid: torch.Tensor,
-                  frames_global: float, cosine_weight: float) -> torch.Tensor:
-    """Per-target loss terms of this rank's frames, normalised by the global frame count (sum = rank's share)."""
+                  frames_global: float, cosine_weight: float, scales: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Per-target loss terms of this rank's frames, normalised by the global frame count (sum = rank's share);
+    each MSE divided by its ``scales`` entry when given (:func:`target_variances`)."""
     terms = []
-    for pred, target in zip(preds, targets):
+    for k, (pred, target) in enumerate(zip(preds, targets)):
         p, t = pred.float()[valid], target.float()[valid]
-        term = (p - t).pow(2).sum() / (frames_global * p.shape[-1])
+        term = (p - t).pow(2).sum() / (frames_global * p.shape[-1] * (scales[k] if scales is not None else 1.0))
         if cosine_weight:
             cos = F.cosine_similarity(p, t, dim=-1)
             term = term + cosine_weight * (-F.logsigmoid(cos)).sum() / frames_global
@@ -169,6 +192,9 @@ def check_config(cfg: DistillConfig, world_size: int) -> None:
     from .light_front_end import check_kind
 
     check_kind(cfg.front_end)
+    if cfg.layer_weighting not in LAYER_WEIGHTINGS:
+        raise UserInputError(f"{cfg.layer_weighting!r}: use one of {', '.join(LAYER_WEIGHTINGS)}",
+                             argument="layer_weighting")
     if cfg.front_end_steps is not None:
         if cfg.front_end != "light":
             raise UserInputError("is the light front end's first stage; it needs `front_end='light'`",
@@ -246,7 +272,7 @@ class Trainer:
         family = self.teacher.family.name
         self.student = Student.from_teacher(family, self.teacher.checkpoint, cfg.arch, cfg.targets, cfg.hidden,
                                             cfg.residual, cfg.heads, cfg.front_end,
-                                            cfg.front_end_channels).to(self.device)
+                                            cfg.front_end_channels, cfg.final_norm).to(self.device)
         self.targets = self.student.targets
         self.light = bool(self.student.front_end.trainable)
         self.front_end_steps = resolved_front_end_steps(cfg)
@@ -351,7 +377,8 @@ class Trainer:
                 targets = [x0, *targets]
             else:
                 preds = self.model(x0, mask)
-        return masked_losses(preds, targets, valid, frames, self.cfg.cosine_weight)
+        scales = target_variances(targets, valid) if self.cfg.layer_weighting == "variance" else None
+        return masked_losses(preds, targets, valid, frames, self.cfg.cosine_weight, scales)
 
     def stage(self, step: int) -> int:
         """1: the light front end alone against ``hidden_states[0]``; 2: everything that trains, jointly."""

@@ -43,9 +43,9 @@ def add_arguments(parser):
                         help="light: steps of the first stage, matching the teacher's transformer input "
                              "(default steps // 4)")
     parser.add_argument("--front-end-channels", type=int, default=64, help="light: CNN channels (default 64)")
-    parser.add_argument("--layer-weighting", default="variance", choices=["variance", "none"],
-                        help="variance (default): each layer's MSE relative to the teacher layer's variance, so every "
-                             "layer counts alike; none: plain sum of MSEs")
+    parser.add_argument("--layer-weighting", default="none", choices=["none", "variance"],
+                        help="none (default): plain sum of per-layer MSEs; variance: each layer's MSE relative to the "
+                             "teacher layer's variance, so every layer counts alike")
     parser.add_argument("--no-final-norm", dest="final_norm", action="store_false",
                         help="pre-LN teachers: do not end the last prediction with a copy of the teacher's final "
                              "LayerNorm")

@@ -200,6 +200,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+WHOLE_UPSTREAM_HEADER = ["student", "front end", "parameters / teacher", "MACs / teacher", "latency / teacher",
+                         "CKA of the last hidden state (doing nothing)"]
+
+
+def whole_upstream_rows(reports: Mapping[str, Mapping[str, Any]]) -> List[List[str]]:
+    """One table row per student (``{label: report.json dict}``) under :data:`WHOLE_UPSTREAM_HEADER`: the whole
+    upstream's cost as a fraction of the teacher's and the last layer's CKA, e.g. a teacher-front-end and a
+    light-front-end student side by side (for the demo's report)."""
+    rows = []
+    for label, r in reports.items():
+        front = r.get("front_end", {"kind": "teacher"})
+        kind = "teacher's (frozen)" if front["kind"] == "teacher" else f"light ({front.get('channels')} channels)"
+        last = (r.get("mimicking_error", {}).get("layers") or [{}])[-1]
+        rows.append([label, kind, f"{r['parameters']['ratio_upstream']:.3f}",
+                     f"{r['macs_per_second_of_audio']['ratio_upstream']:.3f}",
+                     f"{r['latency_seconds']['ratio_upstream']:.3f}",
+                     f"{last.get('cka', float('nan')):.3f} ({last.get('input_cka', float('nan')):.3f})"])
+    return rows
+
+
 def write_report(report: Mapping[str, Any], out_dir) -> Path:
     from ..io import atomic_write_text
     from .outputs import REPORT_JSON, REPORT_MD

@@ -185,3 +185,22 @@ def test_bad_front_end_settings_are_refused_before_writing(overrides, message, c
     with pytest.raises(UserInputError, match=message):
         distill(config(tiny_ckpts["hubert"], corpus, out, **overrides))
     assert not out.exists()
+
+
+def test_report_of_a_light_student_counts_each_front_end_and_lists_layer_0():
+    from s3prl_redundancy.compression.cost import count_module_parameters
+    from s3prl_redundancy.distill.report import WHOLE_UPSTREAM_HEADER, build_report, render_markdown, whole_upstream_rows
+
+    ckpt = build_checkpoint("hubert")
+    expert = FAMILIES["hubert"].expert_class()(checkpoint_buffer(ckpt)).eval()
+    light = Student.from_teacher("hubert", ckpt, front_end="light", front_end_channels=8).eval()
+    report = build_report(light, expert, "hubert", random_wavs((8000, 6000)), repeats=1, seconds=0.5)
+    p = report["parameters"]
+    teacher_front = count_module_parameters(FrontEnd.from_teacher_checkpoint("hubert", ckpt))
+    assert p["teacher_front_end"] == teacher_front and p["front_end"] == count_module_parameters(light.front_end)
+    assert p["teacher_upstream"] == teacher_front + p["teacher_stack"]
+    layers = report["mimicking_error"]["layers"]
+    assert [r["layer"] for r in layers] == [0, 1, 2, 3, 4] and layers[0]["input_cka"] == pytest.approx(1.0)
+    assert "a light front end (8 channels)" in render_markdown(report)
+    row = whole_upstream_rows({"light": report})[0]
+    assert len(row) == len(WHOLE_UPSTREAM_HEADER) and row[1] == "light (8 channels)"

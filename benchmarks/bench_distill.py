@@ -11,7 +11,10 @@ architecture (``mlp``, ``linear``, ``transformer``; h = 64, all 12 layers as tar
    and MACs and at most 6% of the latency. ``distill.report.build_report`` is checked to count the same.
 2. Whole upstream: student against teacher, with the front end alone as the floor (the frozen CNN is most
    of what is left).
-3. Training throughput, seconds of audio per second of training: one training step of
+3. Whole upstream with a light front end (``distill --front-end light``): teacher, teacher-front-end student
+   and light-front-end student side by side at batch 1 and 8 (parameters, MACs, latency). Asserted: the
+   light student at most 10% of the teacher's latency (aim 6%) and under 5% of its parameters.
+4. Training throughput, seconds of audio per second of training: one training step of
    :class:`~s3prl_redundancy.distill.trainer.Trainer` (its ``step_losses``, backward and Adam step, as
    ``Trainer.train`` runs them) against the teacher's forward on the same batch (the floor: a step needs
    the teacher's hidden states), and the step with the teacher's states cached on disk
@@ -102,6 +105,53 @@ def test_whole_upstream(benchmark, base_upstream, students):
                    **{f"{n}_s": median(v) for n, v in times.items()}, **{f"{n}_parameters": p for n, p in params.items()})
     assert median(times["student"]) < median(times["teacher"])
     assert median(round_ratios(times, "front_end", "student")) > 0.8  # what remains is mostly the frozen CNN
+
+
+LIGHT_LATENCY_TARGET, LIGHT_PARAMS_TARGET = 0.10, 0.05
+
+
+@pytest.fixture(scope="module")
+def light_student(base_ckpt):
+    """A light-front-end student of the Base teacher (random front end, mimicker made non-zero as after training)."""
+    from s3prl_redundancy.distill.student import Student
+
+    torch.manual_seed(0)
+    student = Student.from_teacher("hubert", base_ckpt, arch=DISTILL_ARCH, hidden=DISTILL_HIDDEN, front_end="light").eval()
+    with torch.no_grad():
+        for p in student.mimicker.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return student
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_whole_upstream_with_a_light_front_end(benchmark, base_upstream, students, light_student, batch):
+    from s3prl_redundancy.distill.front_end import teacher_front_end_parameters
+    from s3prl_redundancy.distill.teacher import TeacherStack
+
+    benchmark.group = f"distillation: whole upstream with a light front end, batch {batch}"
+    wavs = waveforms(batch)
+    fns = {"teacher": lambda: base_upstream(wavs), "teacher_front": lambda: students[DISTILL_ARCH](wavs),
+           "light_front": lambda: light_student(wavs), "light_front_end_alone": lambda: light_student.front_end(wavs)}
+    times = benchmark.pedantic(time_rounds, args=(fns,), kwargs=dict(repeats=ROUNDS, warmup=1), rounds=1, iterations=1)
+    model = base_upstream.model
+    params = {"teacher": teacher_front_end_parameters(model) + count_module_parameters(TeacherStack(model, "hubert")),
+              "teacher_front": count_module_parameters(students[DISTILL_ARCH]),
+              "light_front": count_module_parameters(light_student)}
+    mac = {n: macs(fns[n]) for n in ("teacher", "teacher_front", "light_front")}
+    reference = "teacher upstream (s3prl's HuBERT expert), same round"
+    for name, label in (("teacher_front", "teacher-front-end student"), ("light_front", "light-front-end student")):
+        target = f"<= {LIGHT_LATENCY_TARGET}" if name == "light_front" else None
+        record_ratios(benchmark, f"{label} / teacher (latency)", round_ratios(times, name, "teacher"), reference, target=target)
+        record_ratios(benchmark, f"{label} / teacher (parameters)", [params[name] / params["teacher"]],
+                      "teacher's front end + transformer stack", target=f"< {LIGHT_PARAMS_TARGET}" if target else None)
+        record_ratios(benchmark, f"{label} / teacher (MACs)", [mac[name] / mac["teacher"]], "teacher's MACs, same audio")
+    record_ratios(benchmark, "light-front-end student / teacher-front-end student (latency)",
+                  round_ratios(times, "light_front", "teacher_front"), "teacher-front-end student, same round")
+    record_context(benchmark, batch=batch, audio_seconds=SECONDS, **{f"{n}_s": median(v) for n, v in times.items()},
+                   **{f"{n}_parameters": p for n, p in params.items()},
+                   **{f"{n}_macs_per_audio_s": m / (SECONDS * batch) for n, m in mac.items()})
+    assert params["light_front"] / params["teacher"] < LIGHT_PARAMS_TARGET
+    assert median(round_ratios(times, "light_front", "teacher")) <= LIGHT_LATENCY_TARGET
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,28 @@ def test_featurizer_weighted_sum_and_lengths_match_the_teacher(family, students,
         torch.testing.assert_close(only_last(wavs, upstream(wavs))[0], upstream(wavs)["hidden_states"][-1][0, :49])
 
 
+@pytest.mark.parametrize("family", FAMS)
+def test_light_front_end_student_gives_the_teachers_layout_and_featurizes(family, tiny_ckpts, tmp_path):
+    from s3prl.upstream.interfaces import Featurizer
+    import s3prl.hub as hub
+
+    ckpt = torch.load(tiny_ckpts[family], weights_only=True)
+    student = Student.from_teacher(family, ckpt, hidden=16, front_end="light", front_end_channels=16)
+    path = save_student(student, dict(teacher_configs(family, ckpt), source="teacher.pt"), tmp_path / "light.pt")
+    upstream = getattr(hub, f"distilled_{family}")(ckpt=str(path)).eval()
+    teacher = getattr(hub, f"{family}_local")(ckpt=str(tiny_ckpts[family])).eval()
+    assert upstream.student.front_end.kind == "light" and upstream.front_end == {"kind": "light", "channels": 16,
+                                                                                 "context": 31}
+    wavs = random_wavs((16000, 8000, 12345))
+    with torch.no_grad():
+        hs, ref = upstream(wavs)["hidden_states"], teacher(wavs)["hidden_states"]
+        feats = Featurizer(upstream, "hidden_states", upstream_device="cpu")(wavs, upstream(wavs))
+        ref_feats = Featurizer(teacher, "hidden_states", upstream_device="cpu")(wavs, teacher(wavs))
+    assert len(hs) == len(ref) == 5
+    assert [h.shape for h in hs] == [h.shape for h in ref]
+    assert [f.shape for f in feats] == [f.shape for f in ref_feats]
+
+
 def test_s3prl_upstream_wrapper_loads_a_target_subset(tiny_ckpts, tmp_path):
     from s3prl.nn import S3PRLUpstream
 

@@ -36,6 +36,19 @@ def add_arguments(parser):
     parser.add_argument("--no-residual", dest="residual", action="store_false",
                         help="mlp: predict each layer outright instead of adding to the previous prediction")
     parser.add_argument("--heads", type=int, default=0, help="transformer mimicker heads (default hidden // 32)")
+    parser.add_argument("--front-end", default="teacher", choices=["teacher", "light"],
+                        help="teacher: copy and freeze the teacher's CNN front end (default); light: train a small "
+                             "front end at the teacher's frame rate, first alone, then with the mimickers")
+    parser.add_argument("--front-end-steps", type=int, default=None,
+                        help="light: steps of the first stage, matching the teacher's transformer input "
+                             "(default steps // 4)")
+    parser.add_argument("--front-end-channels", type=int, default=64, help="light: CNN channels (default 64)")
+    parser.add_argument("--layer-weighting", default="none", choices=["none", "variance"],
+                        help="none (default): plain sum of per-layer MSEs; variance: each layer's MSE relative to the "
+                             "teacher layer's variance, so every layer counts alike")
+    parser.add_argument("--no-final-norm", dest="final_norm", action="store_false",
+                        help="pre-LN teachers: do not end the last prediction with a copy of the teacher's final "
+                             "LayerNorm")
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size in utterances (default 8)")
     parser.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")

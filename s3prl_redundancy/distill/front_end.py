@@ -48,8 +48,79 @@ def build_family_model(family: str, configs: Mapping[str, Any], num_layers: Opti
     return fam.build_model(ckpt), fam.normalizes_waveform(ckpt)
 
 
+class FrameGrid:
+    """Where the teacher's frames fall: its CNN's ``(kernel, stride)`` list, the optional crop to a multiple
+    (wav2vec 2.0's ``crop_seq_to_multiple``) and the family's frame-mask rule. Both front ends use it, so a
+    light front end has the teacher's frame count and padding mask for every input length and batch."""
+
+    def __init__(self, kernels_strides: Sequence[Tuple[int, int]], crop_multiple: int, mask_rule: str):
+        self.kernels_strides = [(int(k), int(s)) for k, s in kernels_strides]
+        self.crop_multiple = int(crop_multiple or 1)
+        self.mask_rule = mask_rule
+
+    @classmethod
+    def from_model(cls, model: nn.Module, family: str) -> "FrameGrid":
+        return cls(conv_kernels_and_strides(model.feature_extractor),
+                   int(getattr(model, "crop_seq_to_multiple", 1) or 1), FAMILIES[family].frame_mask)
+
+    def conv_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """wav2vec 2.0's ``_get_feat_extract_output_lengths`` (float floor, as s3prl computes it)."""
+        lengths = lengths.to(torch.float32)
+        for kernel, stride in self.kernels_strides:
+            lengths = torch.floor((lengths - kernel) / stride + 1)
+        return lengths.to(torch.long)
+
+    def frame_padding_mask(self, wav_lengths: torch.Tensor, num_samples: int, num_frames: int) -> torch.Tensor:
+        """The teacher's frame mask for a batch padded to ``num_samples`` giving ``num_frames`` CNN frames
+        (before any crop). True marks padding. Exactly what the family's ``forward`` computes."""
+        device = wav_lengths.device
+        batch = wav_lengths.numel()
+        sample_pad = torch.arange(num_samples, device=device).unsqueeze(0) >= wav_lengths.unsqueeze(1)
+        if self.mask_rule == MASK_CHUNKS:
+            extra = num_samples % num_frames
+            if extra > 0:
+                sample_pad = sample_pad[:, :-extra]
+            return sample_pad.view(batch, num_frames, -1).all(-1)
+        if not sample_pad.any():
+            return torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
+        out_lengths = self.conv_output_lengths(wav_lengths)
+        return torch.arange(num_frames, device=device).unsqueeze(0) >= out_lengths.unsqueeze(1)
+
+    def padding_mask_for_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """The mask a front end returns for waveforms of these lengths, without running a CNN."""
+        num_samples = int(wav_lengths.max())
+        cnn_frames = int(self.conv_output_lengths(torch.tensor([num_samples]))[0])
+        return self.crop(self.frame_padding_mask(wav_lengths, num_samples, cnn_frames))
+
+    def num_frames(self, num_samples: int) -> int:
+        """CNN frames for ``num_samples`` samples (after the optional crop)."""
+        frames = int(self.conv_output_lengths(torch.tensor([num_samples]))[0])
+        return frames - frames % self.crop_multiple
+
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames`` (time on dim 1) cut to a multiple of ``crop_multiple``."""
+        drop = frames.size(1) % self.crop_multiple
+        return frames[:, :-drop] if drop else frames
+
+    def frames_and_mask(self, features: torch.Tensor, lengths: torch.Tensor, num_samples: int):
+        """CNN output ``(B, T, C)`` of a batch padded to ``num_samples`` -> (cropped features, padding mask)."""
+        mask = self.frame_padding_mask(lengths, num_samples, features.size(1))
+        return self.crop(features), self.crop(mask)
+
+
+def pad_waveforms(wavs: Sequence[torch.Tensor], normalize: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(padded (B, S), lengths)``, each waveform layer-normalised first when the teacher does so."""
+    if normalize:
+        wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
+    lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long, device=wavs[0].device)
+    return pad_sequence(list(wavs), batch_first=True), lengths
+
+
 class FrontEnd(nn.Module):
     """Waveforms -> (transformer input ``(B, T, D)``, frame padding mask ``(B, T)`` bool, True = padding)."""
+
+    kind = "teacher"
+    trainable = False
 
     def __init__(self, model: nn.Module, family: str, normalize: bool):
         """Takes the front-end modules of ``model`` (a fresh 0-layer model of the family; see :meth:`from_configs`)."""
@@ -63,9 +134,7 @@ class FrontEnd(nn.Module):
         self.layer_norm_first = bool(model.encoder.layer_norm_first)
         # post-LN models normalise before the layers; pre-LN models after them (not part of the front end)
         self.encoder_layer_norm = None if self.layer_norm_first else model.encoder.layer_norm
-        self.mask_rule = FAMILIES[family].frame_mask
-        self.crop_multiple = int(getattr(model, "crop_seq_to_multiple", 1) or 1)
-        self.cnn_kernels_strides: List[Tuple[int, int]] = conv_kernels_and_strides(model.feature_extractor)
+        self.grid = FrameGrid.from_model(model, family)
         self.dim = int(model.encoder.embedding_dim)
         self.requires_grad_(False)
         self.eval()
@@ -89,59 +158,37 @@ class FrontEnd(nn.Module):
         front.load_state_dict(front_end_state_from_teacher(FAMILIES[family].weights(ckpt), front.layer_norm_first))
         return front
 
-    # ------------------------------------------------------------------ padding
+    def config(self) -> Dict[str, Any]:
+        """What ``student.pt`` records about this front end besides its weights (the teacher's configs rebuild it)."""
+        return {"kind": self.kind}
+
+    # ------------------------------------------------------------------ padding (the frame grid)
+    @property
+    def crop_multiple(self) -> int:
+        return self.grid.crop_multiple
+
     def conv_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """wav2vec 2.0's ``_get_feat_extract_output_lengths`` (float floor, as s3prl computes it)."""
-        lengths = lengths.to(torch.float32)
-        for kernel, stride in self.cnn_kernels_strides:
-            lengths = torch.floor((lengths - kernel) / stride + 1)
-        return lengths.to(torch.long)
+        return self.grid.conv_output_lengths(lengths)
 
     def frame_padding_mask(self, wav_lengths: torch.Tensor, num_samples: int, num_frames: int) -> torch.Tensor:
-        """The teacher's frame mask for a batch padded to ``num_samples`` giving ``num_frames`` CNN frames
-        (before any crop). True marks padding. Exactly what the family's ``forward`` computes."""
-        device = wav_lengths.device
-        batch = wav_lengths.numel()
-        sample_pad = torch.arange(num_samples, device=device).unsqueeze(0) >= wav_lengths.unsqueeze(1)
-        if self.mask_rule == MASK_CHUNKS:
-            extra = num_samples % num_frames
-            if extra > 0:
-                sample_pad = sample_pad[:, :-extra]
-            return sample_pad.view(batch, num_frames, -1).all(-1)
-        if not sample_pad.any():
-            return torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
-        out_lengths = self.conv_output_lengths(wav_lengths)
-        return torch.arange(num_frames, device=device).unsqueeze(0) >= out_lengths.unsqueeze(1)
+        return self.grid.frame_padding_mask(wav_lengths, num_samples, num_frames)
 
     def padding_mask_for_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
-        """The mask :meth:`forward` returns for waveforms of these lengths, without running the CNN."""
-        num_samples = int(wav_lengths.max())
-        cnn_frames = int(self.conv_output_lengths(torch.tensor([num_samples]))[0])
-        mask = self.frame_padding_mask(wav_lengths, num_samples, cnn_frames)
-        drop = cnn_frames % self.crop_multiple
-        return mask[:, :-drop] if drop else mask
+        return self.grid.padding_mask_for_lengths(wav_lengths)
 
     def num_frames(self, num_samples: int) -> int:
-        """CNN frames for ``num_samples`` samples (after the optional crop)."""
-        frames = int(self.conv_output_lengths(torch.tensor([num_samples]))[0])
-        return frames - frames % self.crop_multiple
+        return self.grid.num_frames(num_samples)
 
     # ------------------------------------------------------------------ forward
     def pad(self, wavs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.normalize:
-            wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
-        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long, device=wavs[0].device)
-        return pad_sequence(list(wavs), batch_first=True), lengths
+        return pad_waveforms(wavs, self.normalize)
 
     def forward(self, wavs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         padded, lengths = self.pad(wavs)
         with torch.no_grad():
             features = self.feature_extractor(padded)
         features = self.layer_norm(features.transpose(1, 2))
-        mask = self.frame_padding_mask(lengths, padded.size(1), features.size(1))
-        drop = features.size(1) % self.crop_multiple
-        if drop:
-            features, mask = features[:, :-drop], mask[:, :-drop]
+        features, mask = self.grid.frames_and_mask(features, lengths, padded.size(1))
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
         x = features.masked_fill(mask.unsqueeze(-1), 0.0)
@@ -154,6 +201,14 @@ class FrontEnd(nn.Module):
 def conv_kernels_and_strides(feature_extractor: nn.Module) -> List[Tuple[int, int]]:
     """``(kernel, stride)`` of each CNN layer, read from the modules (all three families: conv_layers[i][0])."""
     return [(int(block[0].kernel_size[0]), int(block[0].stride[0])) for block in feature_extractor.conv_layers]
+
+
+def teacher_front_end_parameters(model: nn.Module) -> int:
+    """Parameters of a teacher model's front end (the modules :class:`FrontEnd` takes), counted in place."""
+    modules = [model.feature_extractor, model.layer_norm, model.post_extract_proj, model.encoder.pos_conv]
+    if not model.encoder.layer_norm_first:
+        modules.append(model.encoder.layer_norm)
+    return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
 
 # front-end key prefixes in the teacher's state dict -> in FrontEnd's

@@ -15,6 +15,12 @@ padding mask to one prediction per target layer:
   ``Linear(D->h)(x0)``, with a per-target ``Linear(h->D)`` head added to ``x0``; attention ignores padded
   frames, so real frames never depend on the batch's padding.
 
+With ``final_norm`` (set by the student for pre-LN teachers whose last target is the encoder's output,
+which s3prl's experts return after the encoder's final LayerNorm while every other hidden state is the
+un-normalised residual stream, ~100x larger in ``tiny_hubert``), the last prediction goes through a
+LayerNorm that starts as a copy of the teacher's. A residual chain cannot reach a layer-normalised target
+from a 10x larger input through an ``h``-dim correction; the norm gives it the teacher's own last step.
+
 ``mlp`` and ``linear`` work frame by frame; padded frames get outputs like any other frame (the loss and
 the downstream Featurizer ignore them), as in s3prl's experts.
 """
@@ -43,6 +49,7 @@ class MimickerConfig:
     hidden: int = 64
     residual: bool = True  # mlp only
     heads: int = 0  # transformer only; 0: max(1, hidden // 32)
+    final_norm: bool = False  # the last prediction passes through a LayerNorm (pre-LN teachers' last layer)
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -63,7 +70,7 @@ class MimickerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MimickerConfig":
-        known = {k: data[k] for k in ("arch", "dim", "targets", "hidden", "residual", "heads") if k in data}
+        known = {k: data[k] for k in ("arch", "dim", "targets", "hidden", "residual", "heads", "final_norm") if k in data}
         return cls(**known)
 
 
@@ -83,9 +90,23 @@ class MimickingStage(nn.Module):
         return self.up(F.relu(self.norm(self.down(x))))
 
 
-class MLPMimicker(nn.Module):
+class _Mimicker(nn.Module):
+    """Holds the optional final LayerNorm of the last prediction (``MimickerConfig.final_norm``)."""
+
     def __init__(self, cfg: MimickerConfig):
         super().__init__()
+        if cfg.final_norm:
+            self.final_norm = nn.LayerNorm(cfg.dim)
+
+    def finish(self, outputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        if hasattr(self, "final_norm"):
+            outputs[-1] = self.final_norm(outputs[-1])
+        return outputs
+
+
+class MLPMimicker(_Mimicker):
+    def __init__(self, cfg: MimickerConfig):
+        super().__init__(cfg)
         self.residual = bool(cfg.residual)
         self.stages = nn.ModuleList(MimickingStage(cfg.dim, cfg.hidden, self.residual) for _ in cfg.targets)
 
@@ -94,7 +115,7 @@ class MLPMimicker(nn.Module):
         for stage in self.stages:
             y = y + stage(y) if self.residual else stage(y)
             outputs.append(y)
-        return outputs
+        return self.finish(outputs)
 
 
 class LowRankAffine(nn.Module):
@@ -109,13 +130,13 @@ class LowRankAffine(nn.Module):
         return self.up(self.down(x))
 
 
-class LinearMimicker(nn.Module):
+class LinearMimicker(_Mimicker):
     def __init__(self, cfg: MimickerConfig):
-        super().__init__()
+        super().__init__(cfg)
         self.maps = nn.ModuleList(LowRankAffine(cfg.dim, cfg.hidden) for _ in cfg.targets)
 
     def forward(self, x0: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
-        return [x0 + m(x0) for m in self.maps]
+        return self.finish([x0 + m(x0) for m in self.maps])
 
 
 class SmallTransformerLayer(nn.Module):
@@ -141,9 +162,9 @@ class SmallTransformerLayer(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class TransformerMimicker(nn.Module):
+class TransformerMimicker(_Mimicker):
     def __init__(self, cfg: MimickerConfig):
-        super().__init__()
+        super().__init__(cfg)
         self.inp = nn.Linear(cfg.dim, cfg.hidden)
         self.layer = SmallTransformerLayer(cfg.hidden, cfg.heads)
         self.out_norm = nn.LayerNorm(cfg.hidden)
@@ -154,7 +175,7 @@ class TransformerMimicker(nn.Module):
 
     def forward(self, x0: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         z = self.out_norm(self.layer(self.inp(x0), padding_mask))
-        return [x0 + head(z) for head in self.heads]
+        return self.finish([x0 + head(z) for head in self.heads])
 
 
 _CLASSES = {"mlp": MLPMimicker, "linear": LinearMimicker, "transformer": TransformerMimicker}

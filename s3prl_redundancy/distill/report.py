@@ -86,29 +86,33 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def layer_errors(student, expert, wavs: Sequence[torch.Tensor], device) -> Dict[str, Any]:
-    """Per target: MSE / CKA of the prediction and of the transformer input against the teacher layer."""
-    targets = student.targets
-    pred = {t: LayerError() for t in targets}
-    base = {t: LayerError() for t in targets}
+    """Per layer: MSE / CKA of the student's hidden state and of the teacher's transformer input (the "copy
+    the input" baseline) against the teacher's. Layer 0 (the front end's output) is listed when the student's
+    front end is its own (light); with the teacher's it is equal by construction (``input_max_abs_diff``)."""
+    layers = ([0] if student.front_end.trainable else []) + list(student.targets)
+    index = {t: k for k, t in enumerate([0, *student.targets])}  # position in the student's hidden_states
+    pred = {t: LayerError() for t in layers}
+    base = {t: LayerError() for t in layers}
     input_diff = 0.0
     with torch.inference_mode():
         for wav in wavs:  # one utterance at a time: no padding
             teacher = expert([wav.to(device)])["hidden_states"]
             ours, _ = student([wav.to(device)])
             input_diff = max(input_diff, float((ours[0] - teacher[0]).abs().max()))
-            for k, t in enumerate(targets):
-                pred[t].update(ours[k + 1][0], teacher[t][0])
-                base[t].update(ours[0][0], teacher[t][0])
+            for t in layers:
+                pred[t].update(ours[index[t]][0], teacher[t][0])
+                base[t].update(teacher[0][0], teacher[t][0])
     return {
-        "frames": pred[targets[0]].n if targets else 0,
+        "frames": pred[layers[0]].n if layers else 0,
         "input_max_abs_diff": input_diff,
         "layers": [{"layer": t, "mse": pred[t].mse(), "cka": pred[t].cka(),
-                    "input_mse": base[t].mse(), "input_cka": base[t].cka()} for t in targets],
+                    "input_mse": base[t].mse(), "input_cka": base[t].cka()} for t in layers],
     }
 
 
 def build_report(student, expert, family: str, wavs: Sequence[torch.Tensor], device=None, repeats: int = 5,
                  seconds: float = SECONDS, audio_note: str = "held-out utterances") -> Dict[str, Any]:
+    from .front_end import teacher_front_end_parameters
     from .teacher import TeacherStack
 
     device = torch.device(device or "cpu")
@@ -118,13 +122,15 @@ def build_report(student, expert, family: str, wavs: Sequence[torch.Tensor], dev
     wav = torch.randn(int(seconds * 16000), generator=torch.Generator().manual_seed(0)).mul(0.1).to(device)
     with torch.inference_mode():
         x0, mask = student.front_end([wav])
-    front = count_module_parameters(student.front_end)
+    front, teacher_front = count_module_parameters(student.front_end), teacher_front_end_parameters(expert.model)
     params = {
         "teacher_stack": count_module_parameters(stack),
         "student_replaced": count_module_parameters(student.mimicker),
         "front_end": front,
+        "teacher_front_end": teacher_front,
     }
-    params.update(teacher_upstream=front + params["teacher_stack"], student_upstream=front + params["student_replaced"],
+    params.update(teacher_upstream=teacher_front + params["teacher_stack"],
+                  student_upstream=front + params["student_replaced"],
                   teacher_checkpoint_total=count_module_parameters(expert.model))
     params["ratio_replaced_to_stack"] = params["student_replaced"] / params["teacher_stack"]
     params["ratio_upstream"] = params["student_upstream"] / params["teacher_upstream"]
@@ -140,6 +146,7 @@ def build_report(student, expert, family: str, wavs: Sequence[torch.Tensor], dev
     return {
         "family": family,
         "architecture": student.config.to_dict(),
+        "front_end": student.front_end.config(),
         "targets": student.targets,
         "parameters": params,
         "macs_per_second_of_audio": {**mac, "ratio_stack": mac["student_stack"] / mac["teacher_stack"],
@@ -156,15 +163,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     p, m, t, e = (report["parameters"], report["macs_per_second_of_audio"], report["latency_seconds"],
                   report["mimicking_error"])
     arch = report["architecture"]
+    front = report.get("front_end", {"kind": "teacher"})
+    front_text = ("the teacher's frozen front end" if front["kind"] == "teacher"
+                  else f"a light front end ({front['channels']} channels)")
     lines = [
-        f"# Distilled {report['family']} student: {arch['arch']} mimicker (hidden {arch['hidden']}), "
+        f"# Distilled {report['family']} student: {front_text}, {arch['arch']} mimicker (hidden {arch['hidden']}), "
         f"{len(report['targets'])} target layers",
         "",
         "| | teacher | student | student / teacher |",
         "|---|---:|---:|---:|",
         f"| parameters, transformer stack vs mimicker | {p['teacher_stack']:,} | {p['student_replaced']:,} | "
         f"{p['ratio_replaced_to_stack']:.2%} |",
-        f"| parameters, whole upstream (front end {p['front_end']:,}) | {p['teacher_upstream']:,} | "
+        f"| parameters, whole upstream (front end {p.get('teacher_front_end', p['front_end']):,} vs "
+        f"{p['front_end']:,}) | {p['teacher_upstream']:,} | "
         f"{p['student_upstream']:,} | {p['ratio_upstream']:.2%} |",
         f"| MACs per second of audio, stack | {m['teacher_stack']:.4g} | {m['student_stack']:.4g} | {m['ratio_stack']:.2%} |",
         f"| MACs per second of audio, whole upstream | {m['teacher_upstream']:.4g} | {m['student_upstream']:.4g} | "
@@ -187,6 +198,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for row in e["layers"]:
         lines.append(f"| {row['layer']} | {row['mse']:.4g} | {row['cka']:.4f} | {row['input_mse']:.4g} | {row['input_cka']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+WHOLE_UPSTREAM_HEADER = ["student", "front end", "parameters / teacher", "MACs / teacher", "latency / teacher",
+                         "CKA of the last hidden state (doing nothing)"]
+
+
+def whole_upstream_rows(reports: Mapping[str, Mapping[str, Any]]) -> List[List[str]]:
+    """One table row per student (``{label: report.json dict}``) under :data:`WHOLE_UPSTREAM_HEADER`: the whole
+    upstream's cost as a fraction of the teacher's and the last layer's CKA, e.g. a teacher-front-end and a
+    light-front-end student side by side (for the demo's report)."""
+    rows = []
+    for label, r in reports.items():
+        front = r.get("front_end", {"kind": "teacher"})
+        kind = "teacher's (frozen)" if front["kind"] == "teacher" else f"light ({front.get('channels')} channels)"
+        last = (r.get("mimicking_error", {}).get("layers") or [{}])[-1]
+        rows.append([label, kind, f"{r['parameters']['ratio_upstream']:.3f}",
+                     f"{r['macs_per_second_of_audio']['ratio_upstream']:.3f}",
+                     f"{r['latency_seconds']['ratio_upstream']:.3f}",
+                     f"{last.get('cka', float('nan')):.3f} ({last.get('input_cka', float('nan')):.3f})"])
+    return rows
 
 
 def write_report(report: Mapping[str, Any], out_dir) -> Path:

@@ -1,14 +1,17 @@
-"""The distilled student: the teacher's frozen front end followed by mimicking layers, and its checkpoint.
+"""The distilled student: a front end followed by mimicking layers, and its checkpoint.
 
+The front end is the teacher's own, copied and frozen (``front_end="teacher"``, :class:`.front_end.FrontEnd`),
+or a small trained one at the teacher's frames (``"light"``, :class:`.light_front_end.LightFrontEnd`).
 ``Student(wavs)`` returns ``(hidden_states, padding_mask)`` with ``hidden_states[0]`` the transformer input
-(equal to the teacher's ``hidden_states[0]``) and ``hidden_states[i]`` the prediction of the teacher's
-``hidden_states[targets[i-1]]``.
+(equal to the teacher's ``hidden_states[0]`` with the teacher's front end, trained to match it with the light
+one) and ``hidden_states[i]`` the prediction of the teacher's ``hidden_states[targets[i-1]]``.
 
 ``student.pt`` is a plain dict (loads with ``weights_only=True``)::
 
-    {"format": "s3prl_redundancy.distilled_student", "format_version": 1,
+    {"format": "s3prl_redundancy.distilled_student", "format_version": 1 (teacher front end) or 2 (light),
      "teacher": {"family", "model_cfg", "task_cfg" (HuBERT / wav2vec 2.0), "num_layers", "source"},
      "front_end": front-end state dict,
+     "front_end_config": {"kind": "teacher"} or {"kind": "light", "channels", "context"} (absent in version 1),
      "student_config": {"arch", "dim", "targets", "hidden", "residual", "heads"},
      "student": mimicker state dict,
      "targets": [hidden_states indices of the teacher],
@@ -26,11 +29,12 @@ from torch import nn
 from ..checkpoints import check_family
 from ..errors import UserInputError
 from ..families import FAMILIES, detect_family
-from .front_end import FrontEnd, teacher_configs
+from .front_end import teacher_configs
+from .light_front_end import front_end_for_teacher, front_end_from_saved
 from .mimickers import MimickerConfig, build_mimicker
 
 FORMAT = "s3prl_redundancy.distilled_student"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``front_end_config`` (light front ends); teacher-front-end students are still written as 1
 
 
 def parse_targets(spec: Union[None, str, Iterable[int]], num_layers: int) -> List[int]:
@@ -60,7 +64,7 @@ def parse_targets(spec: Union[None, str, Iterable[int]], num_layers: int) -> Lis
 
 
 class Student(nn.Module):
-    def __init__(self, front_end: FrontEnd, config: MimickerConfig):
+    def __init__(self, front_end: nn.Module, config: MimickerConfig):
         super().__init__()
         self.front_end = front_end
         self.config = config
@@ -76,21 +80,35 @@ class Student(nn.Module):
 
     @classmethod
     def from_teacher(cls, family: str, teacher_ckpt: Mapping[str, Any], arch: str = "mlp", targets=None,
-                     hidden: int = 64, residual: bool = True, heads: int = 0) -> "Student":
-        front = FrontEnd.from_teacher_checkpoint(family, teacher_ckpt)
-        num_layers = FAMILIES[family].num_layers(teacher_ckpt)
-        cfg = MimickerConfig(arch=arch, dim=front.dim, targets=parse_targets(targets, num_layers), hidden=hidden,
-                             residual=residual, heads=heads)
-        return cls(front, cfg)
+                     hidden: int = 64, residual: bool = True, heads: int = 0, front_end: str = "teacher",
+                     front_end_channels: int = 64, final_norm: bool = True) -> "Student":
+        """A new student of ``teacher_ckpt``: ``front_end`` ``"teacher"`` (copied, frozen) or ``"light"``.
+        ``final_norm``: when the teacher is pre-LN and its last layer is a target, that prediction ends with a
+        copy of the teacher's final LayerNorm (trained further; see :mod:`.mimickers`)."""
+        fam = FAMILIES[family]
+        front = front_end_for_teacher(front_end, family, teacher_ckpt, front_end_channels)
+        num_layers = fam.num_layers(teacher_ckpt)
+        chosen = parse_targets(targets, num_layers)
+        norm = final_norm and bool(fam.checkpoint_config(teacher_ckpt).layer_norm_first) and chosen[-1] == num_layers
+        cfg = MimickerConfig(arch=arch, dim=front.dim, targets=chosen, hidden=hidden, residual=residual, heads=heads,
+                             final_norm=norm)
+        student = cls(front, cfg)
+        if norm:
+            weights = fam.weights(teacher_ckpt)
+            student.mimicker.final_norm.load_state_dict(
+                {p: weights[f"encoder.layer_norm.{p}"].detach().clone().float() for p in ("weight", "bias")})
+        return student
 
 
 def student_checkpoint(student: Student, teacher: Mapping[str, Any], training: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The ``student.pt`` dict. ``teacher``: :func:`teacher_configs` plus ``source``."""
+    light = student.front_end.kind != "teacher"
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if light else 1,  # readers of version 1 still load teacher-front-end students
         "teacher": dict(teacher),
         "front_end": {k: v.detach().cpu().clone() for k, v in student.front_end.state_dict().items()},
+        "front_end_config": student.front_end.config(),
         "student_config": student.config.to_dict(),
         "student": {k: v.detach().cpu().clone() for k, v in student.mimicker.state_dict().items()},
         "targets": student.targets,
@@ -123,7 +141,7 @@ def load_student(path, expected_family: Optional[str] = None) -> Tuple[Student, 
 
 
 def student_from_checkpoint(ckpt: Mapping[str, Any]) -> Student:
-    front = FrontEnd.from_configs(ckpt["teacher"], ckpt["front_end"])
+    front = front_end_from_saved(ckpt["teacher"], ckpt.get("front_end_config"), ckpt["front_end"])
     student = Student(front, MimickerConfig.from_dict(ckpt["student_config"]))
     student.mimicker.load_state_dict(ckpt["student"])
     return student.eval()

@@ -1,11 +1,16 @@
 """Train a student's mimicking layers against the teacher's hidden states (``s3prl-redundancy distill``).
 
 Loss per step, over the non-padding frames ``N`` of the *global* batch and the model dimension ``D``:
-``sum_k ||y_k - h_k||^2 / (N D)`` (the sum of per-layer MSEs), plus, with ``cosine_weight=W``,
+``sum_k w_k ||y_k - h_k||^2 / (N D)`` (per-layer MSEs; ``w_k`` = 1, or 1 / the teacher layer's variance with
+``layer_weighting="variance"``), plus, with ``cosine_weight=W``,
 DistilHuBERT's ``W * sum_k mean_frames(-log sigmoid(cos(y_k, h_k)))``. Adam, constant learning rate.
 
-The teacher runs in ``torch.inference_mode()`` (bf16 autocast on CUDA). Its ``hidden_states[0]`` is the
-student's input: the student's frozen front end computes exactly the same tensor (tested), so the CNN runs
+With ``front_end="light"`` the student's own front end trains too: first alone against the teacher's
+``hidden_states[0]`` (``front_end_steps``), then jointly with the mimicker, which then runs on the light front
+end's output; its loss term comes first (``loss_layer0``).
+
+The teacher runs in ``torch.inference_mode()`` (bf16 autocast on CUDA). With the teacher's front end, its
+``hidden_states[0]`` is the student's input: the student's frozen front end computes exactly the same tensor (tested), so the CNN runs
 once per step. Under ``torchrun`` the mimicker is wrapped in DistributedDataParallel (gloo on CPU, nccl on
 CUDA); each rank takes its share of every global batch (:mod:`.sampling`) and scales its loss by
 ``world_size`` so that DDP's gradient average equals the gradient of the global loss: two ranks train the
@@ -71,10 +76,20 @@ class DistillConfig:
     report: bool = True
     report_repeats: int = 5
     progress: bool = True
+    front_end: str = "teacher"  # or "light": a small trained front end (.light_front_end)
+    front_end_steps: Optional[int] = None  # light: stage-1 steps (match hidden_states[0] only); None: steps // 4
+    front_end_channels: int = 64  # light: CNN width
+    # "none": plain MSEs (layers with a large residual stream dominate); "variance": each layer's MSE divided by
+    # the teacher layer's variance over the global batch (every layer counts alike). Measured on tiny_hubert,
+    # the final norm below fixes the last layer alone; variance weighting alone helps it less and costs the
+    # middle layers (docs/distillation.md), so plain MSEs stay the default.
+    layer_weighting: str = "none"
+    final_norm: bool = True  # pre-LN teachers: the last prediction ends with a copy of the teacher's final norm
 
     # what must match for `resume` (the rest may change: steps, save_every, device, report, progress)
     RESUME_KEYS = ("teacher", "arch", "hidden", "residual", "heads", "batch_size", "lr", "max_seconds",
-                   "max_utterances", "heldout", "cosine_weight", "cache_teacher", "seed")
+                   "max_utterances", "heldout", "cosine_weight", "cache_teacher", "seed", "front_end",
+                   "front_end_steps", "front_end_channels", "layer_weighting", "final_norm")
 
 
 def training_device(device: str, ctx: distributed.DistContext) -> torch.device:
@@ -137,13 +152,32 @@ def split_heldout(files: List[Path], heldout: Optional[int], seed: int):
     return train, [files[i] for i in held]
 
 
+LAYER_WEIGHTINGS = ("variance", "none")
+
+
+def target_variances(targets: Sequence[torch.Tensor], valid: torch.Tensor) -> List[float]:
+    """Per target, the variance per value of its valid frames over the *global* batch (sums reduced over ranks)."""
+    sums, squares = [], []
+    for target in targets:
+        t = target.detach().double()[valid]
+        sums.append(t.sum(0))
+        squares.append(float(t.pow(2).sum()))
+    dim = int(sums[0].numel())
+    flat = distributed.all_reduce_sum([float(valid.sum()), *squares, *torch.cat(sums).tolist()], dtype=torch.float64)
+    n, squares = flat[0], flat[1:1 + len(targets)]
+    means = torch.tensor(flat[1 + len(targets):], dtype=torch.float64).view(len(targets), dim)
+    means = means / n
+    return [max((sq / n - float(m.pow(2).sum())) / dim, 1e-12) for sq, m in zip(squares, means)]
+
+
 def masked_losses(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], valid: torch.Tensor,
-                  frames_global: float, cosine_weight: float) -> torch.Tensor:
-    """Per-target loss terms of this rank's frames, normalised by the global frame count (sum = rank's share)."""
+                  frames_global: float, cosine_weight: float, scales: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Per-target loss terms of this rank's frames, normalised by the global frame count (sum = rank's share);
+    each MSE divided by its ``scales`` entry when given (:func:`target_variances`)."""
     terms = []
-    for pred, target in zip(preds, targets):
+    for k, (pred, target) in enumerate(zip(preds, targets)):
         p, t = pred.float()[valid], target.float()[valid]
-        term = (p - t).pow(2).sum() / (frames_global * p.shape[-1])
+        term = (p - t).pow(2).sum() / (frames_global * p.shape[-1] * (scales[k] if scales is not None else 1.0))
         if cosine_weight:
             cos = F.cosine_similarity(p, t, dim=-1)
             term = term + cosine_weight * (-F.logsigmoid(cos)).sum() / frames_global
@@ -162,6 +196,26 @@ def check_config(cfg: DistillConfig, world_size: int) -> None:
     if cfg.batch_size < world_size:
         raise UserInputError(f"{cfg.batch_size} is the global batch; it must be at least the number of processes "
                              f"({world_size}) so that every rank gets an utterance", argument="batch_size")
+    from .light_front_end import check_kind
+
+    check_kind(cfg.front_end)
+    if cfg.layer_weighting not in LAYER_WEIGHTINGS:
+        raise UserInputError(f"{cfg.layer_weighting!r}: use one of {', '.join(LAYER_WEIGHTINGS)}",
+                             argument="layer_weighting")
+    if cfg.front_end_steps is not None:
+        if cfg.front_end != "light":
+            raise UserInputError("is the light front end's first stage; it needs `front_end='light'`",
+                                 argument="front_end_steps")
+        if not 0 <= int(cfg.front_end_steps) < cfg.steps:
+            raise UserInputError(f"must be at least 0 and below `steps={cfg.steps}` (the joint stage needs steps), "
+                                 f"got {cfg.front_end_steps}", argument="front_end_steps")
+
+
+def resolved_front_end_steps(cfg: DistillConfig) -> int:
+    """Steps of stage 1 (the light front end alone against ``hidden_states[0]``); 0 for the teacher's front end."""
+    if cfg.front_end != "light":
+        return 0
+    return int(cfg.front_end_steps) if cfg.front_end_steps is not None else cfg.steps // 4
 
 
 def output_dir(cfg: DistillConfig) -> io.OutputDir:
@@ -227,16 +281,21 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial mimicker on every rank (DDP also broadcasts it)
         family = self.teacher.family.name
         self.student = Student.from_teacher(family, self.teacher.checkpoint, cfg.arch, cfg.targets, cfg.hidden,
-                                            cfg.residual, cfg.heads).to(self.device)
+                                            cfg.residual, cfg.heads, cfg.front_end,
+                                            cfg.front_end_channels, cfg.final_norm).to(self.device)
         self.targets = self.student.targets
+        self.light = bool(self.student.front_end.trainable)
+        self.front_end_steps = resolved_front_end_steps(cfg)
         self.expert = build_teacher_expert(self.teacher).to(self.device)
-        self.optimizer = torch.optim.Adam(self.student.mimicker.parameters(), lr=cfg.lr)
-        self.model = self.student.mimicker
+        # what trains: the mimicker, and the light front end with it (the whole student runs from waveforms)
+        self.trained = self.student if self.light else self.student.mimicker
+        self.optimizer = torch.optim.Adam([p for p in self.trained.parameters() if p.requires_grad], lr=cfg.lr)
+        self.model = self.trained
         if self.ctx.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.student.mimicker, device_ids=ids)
+            self.model = DistributedDataParallel(self.trained, device_ids=ids)
 
     def _run_identity(self) -> Dict[str, Any]:
         ident = {k: getattr(self.cfg, k) for k in DistillConfig.RESUME_KEYS}
@@ -262,6 +321,9 @@ class Trainer:
             raise UserInputError(f"the checkpoint is at step {state['step']}, beyond `steps={self.cfg.steps}`; "
                                  f"give `steps={state['step']}` or more", argument="resume")
         self.student.mimicker.load_state_dict(state["mimicker"])
+        if self.light:
+            self.student.front_end.load_state_dict(state["front_end"])
+            self.front_end_steps = int(state["front_end_steps"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
         self.start_step, self.elapsed = int(state["step"]), float(state["elapsed_seconds"])
@@ -307,24 +369,46 @@ class Trainer:
         return [h.float().clone() for h in hs]  # clone: leave inference mode (tensors usable by autograd)
 
     def batch(self, step: int):
-        """``(x0, targets, padding mask)`` of this rank's share of global batch ``step``."""
+        """``(wavs, x0, targets, padding mask)`` of this rank's share of global batch ``step``: the teacher's
+        transformer input and target layers (``wavs`` only for a light front end, which runs on them)."""
         local = shard(self.batches.batch(step), self.ctx.rank, self.ctx.world_size)
+        wavs = [self.train_set[i][1].to(self.device) for i in local] if self.light or self.cache is None else None
         if self.cache is not None:
-            return self.cache.load_batch(local, self.device)
-        wavs = [self.train_set[i][1].to(self.device) for i in local]
+            return (wavs, *self.cache.load_batch(local, self.device))
         hs = self.teacher_states(wavs)
         lengths = torch.tensor([len(w) for w in wavs], device=self.device)
         mask = self.student.front_end.padding_mask_for_lengths(lengths)
-        return hs[0], [hs[t] for t in self.targets], mask
+        return wavs, hs[0], [hs[t] for t in self.targets], mask
 
     def step_losses(self, step: int) -> torch.Tensor:
-        """Per-target loss terms of this rank (their sum over ranks is the global loss); with grad."""
-        x0, targets, mask = self.batch(step)
+        """Loss terms of this rank (their sum over ranks is the global loss); with grad. Per target; a light
+        front end adds its own term first (its output against the teacher's ``hidden_states[0]``)."""
+        wavs, x0, targets, mask = self.batch(step)
         valid = ~mask
         frames = distributed.all_reduce_sum([float(valid.sum())], dtype=torch.float64)[0]
         with self.autocast():
-            preds = self.model(x0, mask)
-        return masked_losses(preds, targets, valid, frames, self.cfg.cosine_weight)
+            if self.light:
+                preds, _ = self.model(wavs)
+                targets = [x0, *targets]
+            else:
+                preds = self.model(x0, mask)
+        scales = target_variances(targets, valid) if self.cfg.layer_weighting == "variance" else None
+        return masked_losses(preds, targets, valid, frames, self.cfg.cosine_weight, scales)
+
+    def stage(self, step: int) -> int:
+        """1: the light front end alone against ``hidden_states[0]``; 2: everything that trains, jointly."""
+        return 1 if step < self.front_end_steps else 2
+
+    def logged_layers(self) -> List[int]:
+        """The teacher layer of each loss term: the targets, after layer 0 for a light front end."""
+        return [0, *self.targets] if self.light else list(self.targets)
+
+    def loss_weights(self, step: int, count: int) -> torch.Tensor:
+        """Weight of each loss term in the optimised loss: stage 1 keeps only the front end's term."""
+        weights = torch.ones(count, dtype=torch.float32, device=self.device)
+        if self.stage(step) == 1:
+            weights[1:] = 0.0
+        return weights
 
     # -- loop ----------------------------------------------------------------------------------
     def save_state(self, step: int) -> None:
@@ -332,6 +416,8 @@ class Trainer:
             "format": STATE_FORMAT,
             "step": step,
             "mimicker": {k: v.detach().cpu() for k, v in self.student.mimicker.state_dict().items()},
+            **({"front_end": {k: v.detach().cpu() for k, v in self.student.front_end.state_dict().items()},
+                "front_end_steps": self.front_end_steps} if self.light else {}),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_states(),
             "data_position": self.batches.position(step),
@@ -347,12 +433,12 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, ctx = self.cfg, self.ctx
-        log = outputs.TrainLog(self.out / outputs.LOG, self.targets)
+        log = outputs.TrainLog(self.out / outputs.LOG, self.logged_layers())
         if ctx.is_main:
             self.output.record(outputs.LOG)
             log.start(self.start_step)
         self._t0 = time.perf_counter()
-        self.student.mimicker.train()
+        self.trained.train()
         self._last_saved = self.start_step if cfg.resume else None
         bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (cfg.progress and ctx.is_main),
                    desc="distill", dynamic_ncols=True)
@@ -365,20 +451,24 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4g}")
         finally:
             bar.close()
-        self.student.mimicker.eval()
+        self.trained.eval()
         distributed.barrier()
         return {"steps": cfg.steps, "losses": history, "elapsed_seconds": self.elapsed_now()}
 
     def _train_step(self, step: int, log: outputs.TrainLog) -> float:
         """One optimizer step on global batch ``step``: log it, checkpoint when due; returns the global loss."""
         terms = self.step_losses(step)
+        weights = self.loss_weights(step, len(terms))
         reported = torch.tensor(distributed.all_reduce_sum(terms.detach().to(torch.float64).tolist(),
                                                            dtype=torch.float64), dtype=torch.float64)
-        loss = float(reported.sum())
+        loss = float((reported * weights.cpu().to(torch.float64)).sum())
         if not torch.isfinite(reported).all():
             raise self._diverged(step, loss, reported)
         self.optimizer.zero_grad(set_to_none=True)
-        (terms.sum() * self.ctx.world_size).backward()
+        ((terms * weights).sum() * self.ctx.world_size).backward()
+        if self.stage(step) == 1:  # the mimicker waits: no gradient, so Adam neither moves it nor counts the step
+            for p in self.student.mimicker.parameters():
+                p.grad = None
         self.optimizer.step()
         done = step + 1
         if self.ctx.is_main:
@@ -396,7 +486,7 @@ class Trainer:
         else:
             where = (f"no checkpoint was written yet (the first is at step {self.cfg.save_every}, `save_every`); "
                      "start over with `force=True` once the cause is fixed")
-        per_target = ", ".join(f"layer {t}: {float(v):.4g}" for t, v in zip(self.targets, reported))
+        per_target = ", ".join(f"layer {t}: {float(v):.4g}" for t, v in zip(self.logged_layers(), reported))
         return TrainingDivergedError(
             f"the distillation loss is {loss} at step {step + 1} (per target: {per_target}); training stopped "
             f"before that update and {where}. Check `data` for silent, corrupt or NaN audio, or lower `lr`")
@@ -423,7 +513,8 @@ class Trainer:
         teacher = dict(teacher_configs(self.teacher.family.name, self.teacher.checkpoint), source=self.teacher.source)
         training = {"steps": self.cfg.steps, "initial_loss": losses[0] if losses else None,
                     "final_loss": losses[-1] if losses else None, "world_size": self.ctx.world_size,
-                    "elapsed_seconds": result["elapsed_seconds"]}
+                    "elapsed_seconds": result["elapsed_seconds"],
+                    **({"front_end_steps": self.front_end_steps} if self.light else {})}
         student_path = save_student(self.student.cpu(), teacher, self.output.file(outputs.STUDENT), training)
         self.student.to(self.device)
         return {
@@ -433,6 +524,7 @@ class Trainer:
                         "num_layers": teacher["num_layers"]},
             "targets": self.targets,
             "student_config": self.student.config.to_dict(),
+            "front_end": self.student.front_end.config(),
             "training": training,
             "config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "force", "progress")},
             "data": {"train_utterances": len(self.train_set),

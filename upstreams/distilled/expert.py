@@ -1,4 +1,5 @@
-"""Distilled upstream experts: the teacher's frozen front end + mimicking layers (``student.pt``).
+"""Distilled upstream experts: a front end (the teacher's, frozen, or a light trained one) + mimicking layers
+(``student.pt``; ``front_end`` says which).
 
 ``hidden_states`` has the teacher's order and meaning: entry 0 is the transformer input (equal to the
 teacher's), then one entry per target layer (the prediction of the teacher's ``hidden_states[target]``);
@@ -34,6 +35,7 @@ class _DistilledExpert(UpstreamBase):
         self.student, saved = load_student(ckpt, expected_family=self.family)
         self.targets: List[int] = list(saved["targets"])
         self.teacher_info: Dict = {k: v for k, v in saved["teacher"].items() if k not in ("model_cfg", "task_cfg")}
+        self.front_end: Dict = self.student.front_end.config()  # {"kind": "teacher"} or the light one's settings
 
     def get_downsample_rates(self, key: str) -> int:
         return DOWNSAMPLE_RATE

@@ -125,3 +125,202 @@ def test_exit_at_depth_k_is_the_first_k_layers_and_the_final_norm():
         ref = model.encoder.layer_norm(h.transpose(0, 1))
         torch.testing.assert_close(lc.encode_to_depth(model, x, 2), ref)
         torch.testing.assert_close(lc.encode_to_depth(model, x, None), model.encoder(x)[0])
+
+
+# ------------------------------------------------------------------------------------------- LC fine-tuning
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from s3prl_redundancy.testing.audio import write_tone_corpus
+
+    folder = tmp_path_factory.mktemp("tones")
+    write_tone_corpus(folder, 14, seed=4, seconds=(0.8, 1.4))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def preln_hubert(tmp_path_factory):
+    """A 4-layer pre-LN HuBERT (as tiny_hubert) in s3prl's hubert_local format."""
+    from s3prl_redundancy.testing.models import save_tiny_checkpoint
+
+    return save_tiny_checkpoint("hubert", tmp_path_factory.mktemp("preln") / "hubert.pt", layer_norm_first=True)
+
+
+def _cfg(model, data, out, **kw):
+    from s3prl_redundancy.layer_consistency.finetune import LCFinetuneConfig
+
+    base = dict(upstream="hubert_local", ckpt=str(model), data=str(data), out=str(out), steps=12, batch_size=4,
+                crop_seconds=0.6, lr=3e-3, save_every=4, heldout=3, progress=False)
+    base.update(kw)
+    return LCFinetuneConfig(**base)
+
+
+def test_lc_finetuning_lowers_the_loss_at_every_depth(preln_hubert, corpus, tmp_path):
+    from s3prl.upstream.hubert.convert import load_converted_model
+
+    from s3prl_redundancy.layer_consistency.finetune import EXPORT, lc_finetune
+
+    manifest = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "ft", steps=30, save_every=30))
+    before, after = (manifest["heldout_depth_losses"][k] for k in ("before", "after"))
+    assert set(before) == set(after) == {1, 2, 3, 4}
+    assert before[4] == pytest.approx(0.0, abs=1e-6)  # the full model is its own target before training
+    for depth in (1, 2, 3):
+        assert after[depth] < 0.8 * before[depth], (depth, before, after)
+    assert after[4] < before[1]
+    assert sorted({h["depth"] for h in manifest["history"]}) == [1, 2, 3, 4]
+    ckpt = torch.load(tmp_path / "ft" / EXPORT, weights_only=True)
+    assert ckpt[lc.META_KEY]["depth_range"] == [1, 4]
+    load_converted_model(str(tmp_path / "ft" / EXPORT))  # s3prl's loader reads the result
+    assert (tmp_path / "ft" / "loss_curve.png").stat().st_size > 0
+
+
+def test_lc_finetuning_resumes_to_the_identical_loss_curve(preln_hubert, corpus, tmp_path):
+    from s3prl_redundancy.layer_consistency.finetune import EXPORT, lc_finetune
+
+    straight = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "a"))["history"]
+    lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "b", stop_after=5))  # "killed" after step 5 (state at 4, 5)
+    resumed = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "b", resume=True))["history"]
+    assert [h["loss"] for h in straight] == [h["loss"] for h in resumed]
+    assert [h["depth"] for h in straight] == [h["depth"] for h in resumed]
+    wa = torch.load(tmp_path / "a" / EXPORT, weights_only=True)["model_weight"]
+    wb = torch.load(tmp_path / "b" / EXPORT, weights_only=True)["model_weight"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(UserInputError) as e:  # another configuration cannot resume this run
+        lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "b", resume=True, lr=1e-3))
+    assert e.value.argument == "resume"
+
+
+def test_lc_finetuning_refuses_bad_input_before_writing(preln_hubert, tiny_ckpts, corpus, tmp_path):
+    from s3prl_redundancy.layer_consistency.finetune import lc_finetune
+
+    out = tmp_path / "never"
+    for kw, arg in [(dict(upstream="wav2vec2_local", ckpt=str(tiny_ckpts["wav2vec2"])), "upstream"),
+                    (dict(depth_range="0,3"), "depth_range"), (dict(steps=0), "steps"),
+                    (dict(mse_weight=0.0, cosine_weight=0.0), "mse_weight"), (dict(upstream="nope"), "upstream")]:
+        with pytest.raises(UserInputError) as e:
+            lc_finetune(_cfg(preln_hubert, corpus, out, **kw))
+        assert e.value.argument == arg, (kw, e.value)
+        assert not out.exists()
+
+
+def _gloo_worker(rank, world, init_file, cfg_kwargs):
+    import torch.distributed as dist
+
+    from s3prl_redundancy.layer_consistency.finetune import LCFinetuneConfig, lc_finetune
+
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        lc_finetune(LCFinetuneConfig(**cfg_kwargs))
+        dist.destroy_process_group()
+    except Exception:
+        Path(cfg_kwargs["out"]).mkdir(parents=True, exist_ok=True)
+        Path(cfg_kwargs["out"], f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_equal_one_process(preln_hubert, corpus, tmp_path):
+    import dataclasses
+
+    import torch.multiprocessing as mp
+
+    from s3prl_redundancy.layer_consistency.finetune import EXPORT, HISTORY, lc_finetune
+
+    single = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "single", steps=6))["history"]
+    cfg = dataclasses.asdict(_cfg(preln_hubert, corpus, tmp_path / "ddp", steps=6))
+    ctx = mp.start_processes(_gloo_worker, args=(2, str(tmp_path / "store"), cfg), nprocs=2, join=False,
+                             start_method="spawn")
+    try:
+        while not ctx.join(timeout=120):
+            pass
+    except Exception:
+        pytest.fail("a rank failed:\n" + "\n".join(p.read_text() for p in (tmp_path / "ddp").glob("rank*.err")))
+    ddp = json.loads((tmp_path / "ddp" / HISTORY).read_text())["history"]
+    assert [h["depth"] for h in ddp] == [h["depth"] for h in single]
+    for a, b in zip(single, ddp):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    wa = torch.load(tmp_path / "single" / EXPORT, weights_only=True)["model_weight"]
+    wb = torch.load(tmp_path / "ddp" / EXPORT, weights_only=True)["model_weight"]
+    # a key bias has an exactly zero gradient (softmax ignores it): Adam turns its rounding noise, which
+    # depends on the order of the sums, into full-size steps of either sign; every other weight must agree
+    for k in (k for k in wa if not k.endswith("k_proj.bias")):
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+# ------------------------------------------------------------------------------------------- SLI upstream
+def _independent_sli(ckpt_path, depth, wav):
+    """Hidden states of the first ``depth`` layers + exit norm, computed here on s3prl's HubertModel modules."""
+    from s3prl.upstream.hubert.convert import load_converted_model
+
+    model, _ = load_converted_model(str(ckpt_path))
+    model.eval()
+    enc = model.encoder
+    with torch.no_grad():
+        x = model.layer_norm(model.feature_extractor(wav[None]).transpose(1, 2))
+        x = model.post_extract_proj(x) if model.post_extract_proj is not None else x
+        x = x + enc.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        if not enc.layer_norm_first:
+            x = enc.layer_norm(x)
+        states, h = [], x.transpose(0, 1)
+        for layer in list(enc.layers)[:depth]:
+            states.append(h.transpose(0, 1))
+            h, _ = layer(h, self_attn_padding_mask=None, need_weights=False)
+        h = h.transpose(0, 1)
+        states.append(enc.layer_norm(h) if enc.layer_norm_first else h)
+    return states
+
+
+@pytest.mark.parametrize("layer_norm_first", [True, False], ids=["preLN", "postLN"])
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_sli_entry_equals_the_first_k_layers_and_the_exit_norm(depth, layer_norm_first, tmp_path):
+    from s3prl_redundancy.testing.models import save_tiny_checkpoint
+    from s3prl_redundancy.upstreams.lc.hubconf import lc_hubert
+
+    ckpt = save_tiny_checkpoint("hubert", tmp_path / "m.pt", seed=depth, layer_norm_first=layer_norm_first)
+    config = tmp_path / "depth.yaml"
+    config.write_text(f"depth: {depth}\n")
+    upstream = lc_hubert(ckpt=str(ckpt), model_config=str(config)).eval()
+    wav = torch.randn(12000) * 0.1
+    with torch.no_grad():
+        ours = upstream([wav])["hidden_states"]
+    ref = _independent_sli(ckpt, depth, wav)
+    assert len(ours) == depth + 1 == len(ref)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert upstream.depth == depth and len(upstream.model.encoder.layers) == depth
+
+
+def test_sli_entry_serves_a_shared_layer_export_and_the_featurizer(tmp_path):
+    from s3prl.upstream.interfaces import Featurizer
+
+    from s3prl_redundancy.pretrain.model import hubert_local_checkpoint
+    from s3prl_redundancy.testing.audio import random_wavs
+    from s3prl_redundancy.upstreams.lc.hubconf import lc_hubert
+
+    shared, cfg = _small_model(share=1, seed=6)
+    path = tmp_path / "lc.pt"
+    torch.save(hubert_local_checkpoint(shared, cfg, 8, half=False, layer_consistency={"share_layers": 1}), path)
+    upstream = lc_hubert(ckpt=str(path), model_config={"depth": 3}).eval()
+    wavs = random_wavs((16000, 8000))
+    shared.eval()
+    with torch.no_grad():
+        hs = upstream(wavs)["hidden_states"]
+        direct = lc.encode_to_depth(shared, lc.transformer_input(shared, wavs[0][None])[0], 3)
+        feats = Featurizer(upstream, "hidden_states", upstream_device="cpu")(wavs, upstream(wavs))
+    assert len(hs) == 4
+    torch.testing.assert_close(hs[-1][:1, : direct.shape[1]], direct, rtol=1e-4, atol=1e-5)
+    assert [f.shape[0] for f in feats] == [49, 25]
+    assert upstream.layer_consistency["share_layers"] == 1
+    full = lc_hubert(ckpt=str(path)).eval()  # no -g: every layer
+    assert full.depth == 4
+
+
+def test_sli_depth_is_checked(preln_hubert, tmp_path):
+    from s3prl_redundancy.upstreams.lc.hubconf import lc_hubert
+
+    for config, message in [({"depth": 5}, "between 1 and the 4 layers"), ({"depth": 0}, "positive"),
+                            ({"keep_layers": [0]}, "no `depth` key"), (str(tmp_path / "none.yaml"), "does not exist")]:
+        with pytest.raises(UserInputError, match=message):
+            lc_hubert(ckpt=str(preln_hubert), model_config=config)
+    with pytest.raises(UserInputError, match="needs -k"):
+        lc_hubert()

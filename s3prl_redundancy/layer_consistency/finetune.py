@@ -21,7 +21,6 @@ The training audio is held in memory (bound it with ``max_utterances`` / ``max_s
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -244,7 +243,7 @@ class LCFinetuner:
         torch.manual_seed(self.cfg.seed)
         self.model = build_hubert(self.source.checkpoint).to(self.device).train()
         self.model.feature_extractor.requires_grad_(False)  # the front end stays as it is (s3prl freezes it)
-        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.teacher = build_hubert(self.source.checkpoint).to(self.device).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
@@ -300,7 +299,7 @@ class LCFinetuner:
         loss.backward()
         self._sum_gradients()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_norm))
-        sums = distributed.all_reduce_sum([float(loss), float(mse), float(cos)], dtype=torch.float64)
+        sums = distributed.all_reduce_sum([float(loss.detach()), float(mse.detach()), float(cos.detach())], dtype=torch.float64)
         if not np.isfinite(sums[0]):
             raise RuntimeError(f"the loss became {sums[0]} at step {step + 1}; lower `lr` or check `data`")
         self.opt.step()

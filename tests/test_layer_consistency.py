@@ -324,3 +324,49 @@ def test_sli_depth_is_checked(preln_hubert, tmp_path):
             lc_hubert(ckpt=str(preln_hubert), model_config=config)
     with pytest.raises(UserInputError, match="needs -k"):
         lc_hubert()
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_prune_strategy_shallow_equals_the_sli_entry(keep, tmp_path):
+    """``prune --strategy shallow --keep k`` on a layer-consistent checkpoint serves what ``lc_hubert`` with
+    ``depth: k`` serves (shallow layer inference is a cut; what makes it work is the training)."""
+    from s3prl_redundancy.checkpoints import checkpoint_buffer
+    from s3prl_redundancy.compression.compress import compress
+    from s3prl_redundancy.compression.strategies import Target, build_strategy, plan_layers
+    from s3prl_redundancy.families import FAMILIES
+    from s3prl_redundancy.pretrain.model import hubert_local_checkpoint
+    from s3prl_redundancy.testing.audio import random_wavs
+    from s3prl_redundancy.upstreams.lc.hubconf import lc_hubert
+
+    shared, cfg = _small_model(share=1, seed=8)
+    ckpt = hubert_local_checkpoint(shared, cfg, 8, half=False, layer_consistency={"share_layers": 1})
+    path = tmp_path / "lc.pt"
+    torch.save(ckpt, path)
+    plan = plan_layers(build_strategy("shallow"), 4, Target("keep", keep))
+    assert list(plan.keep) == list(range(keep))
+    pruned = compress(ckpt, source=str(path), plan=plan).checkpoint
+    expert = FAMILIES["hubert"].expert_class()(checkpoint_buffer(pruned)).eval()
+    sli = lc_hubert(ckpt=str(path), model_config={"depth": keep}).eval()
+    wavs = random_wavs((16000, 9000))
+    with torch.no_grad():
+        a, b = expert(wavs)["hidden_states"], sli(wavs)["hidden_states"]
+    assert len(a) == len(b) == keep + 1
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+def test_cli_lc_finetune_writes_every_output_and_names_flags(preln_hubert, corpus, tmp_path, capsys):
+    from s3prl_redundancy.cli import discover_commands, main
+
+    assert "lc-finetune" in discover_commands()
+    out = tmp_path / "cli"
+    args = ["lc-finetune", "--upstream", "hubert_local", "--ckpt", str(preln_hubert), "--data", str(corpus),
+            "--out", str(out), "--steps", "3", "--batch-size", "2", "--crop-seconds", "0.5", "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "-u lc_hubert" in summary["checkpoint"] and set(summary["heldout_loss_after"]) == {"1", "2", "3", "4"}
+    assert {p.name for p in out.iterdir()} >= {"lc_hubert.pt", "history.json", "manifest.json", "loss_curve.png",
+                                                "train_state.pt"}
+    assert main(args) != 0  # a finished run is not overwritten without --force / --resume
+    assert main(args[:-1] + ["--depth-range", "2,9", "--force", "--no-progress"]) != 0
+    assert "--depth-range" in capsys.readouterr().err

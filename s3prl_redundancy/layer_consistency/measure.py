@@ -171,6 +171,22 @@ def parameters(ckpts: Dict[str, str]) -> Dict[str, Dict[str, int]]:
 
 
 
+def masked_accuracy_by_depth(ckpts: Dict[str, str], corpus, seed: int = 0) -> Dict[str, Dict[int, Dict[str, float]]]:
+    """Held-out masked-prediction accuracy / CE of each ``pretrain-tiny`` checkpoint (its own prediction
+    head) from the output of the first k layers through the exit norm, k = 1..L (``pretrain.train.evaluate``)."""
+    import torch
+
+    from ..checkpoints import load_checkpoint
+    from ..pretrain.train import evaluate
+    from .finetune import build_hubert
+
+    out = {}
+    for name, path in ckpts.items():
+        model = build_hubert(load_checkpoint(path))
+        out[name] = {k: evaluate(model, corpus, seed, torch.device("cpu"), depth=k) for k in range(1, N_LAYERS + 1)}
+    return out
+
+
 LABELS = {"lc_sli": "layer-consistent (shared, sampled depth), SLI",
           "tiny_backward": "tiny_hubert, first k layers (backward = shallow)",
           "tiny_forward": "tiny_hubert, layers removed forward",
@@ -232,8 +248,10 @@ def plot_similarity(sim: Dict[str, Dict[str, Any]], path) -> None:
     save_figure(fig, path)
 
 
-def report(lc_ckpt: str, finetuned_ckpt: str, tiny_ckpt: str, out, ks_voices: int = 40, log=print) -> Dict[str, Any]:
-    """Every measurement of the doc into ``out/layer_consistency.json`` and the two figures."""
+def report(lc_ckpt: str, finetuned_ckpt: str, tiny_ckpt: str, out, ks_voices: int = 40, data_dir=None,
+           log=print) -> Dict[str, Any]:
+    """Every measurement of the doc into ``out/layer_consistency.json`` and the two figures; ``data_dir``: the
+    ``pretrain-tiny`` speech cache (default ``out/data``; built there if absent)."""
     import time
 
     from ..pretrain.data import ks_probe_set, sid_probe_set
@@ -252,7 +270,8 @@ def report(lc_ckpt: str, finetuned_ckpt: str, tiny_ckpt: str, out, ks_voices: in
                                       [w for w, _, _ in sid[::3]])
     result["inference_s_10s_audio"] = {n: inference_times(c) for n, c in
                                        (("lc_sli", lc_ckpt), ("tiny_backward", tiny_ckpt))}
-    corpus = prepare_corpus(TrainConfig(seed=0), out / "data", log=log)
+    corpus = prepare_corpus(TrainConfig(seed=0), data_dir or out / "data", log=log)
+    result["masked_prediction_by_depth"] = masked_accuracy_by_depth({"lc": lc_ckpt, "tiny_hubert": tiny_ckpt}, corpus)
     result["train_step"] = train_step_times(corpus)
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out / "layer_consistency.json", json.dumps(result, indent=1, default=str))
@@ -273,11 +292,12 @@ def main(argv=None) -> int:
     rep.add_argument("--tiny", required=True, help="the standard tiny_hubert checkpoint")
     rep.add_argument("--out", required=True, help="folder for layer_consistency.json and the figures")
     rep.add_argument("--ks-voices", type=int, default=40)
+    rep.add_argument("--data-dir", help="pretrain-tiny's speech cache (e.g. RUN/data; default OUT/data, built if absent)")
     args = parser.parse_args(argv)
     if args.what == "clips":
         print(write_clips(args.out, args.clips))
     else:
-        report(args.lc, args.finetuned, args.tiny, args.out, args.ks_voices)
+        report(args.lc, args.finetuned, args.tiny, args.out, args.ks_voices, args.data_dir)
     return 0
 
 

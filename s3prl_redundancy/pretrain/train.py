@@ -170,8 +170,10 @@ def _device_setup(device: str):
     return torch.device("cpu"), None
 
 
-def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_seconds: float = 4.0) -> Dict[str, float]:
-    """Masked / unmasked accuracy and CE on the validation clips (fixed masks), frame-weighted."""
+def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_seconds: float = 4.0,
+             depth: Optional[int] = None) -> Dict[str, float]:
+    """Masked / unmasked accuracy and CE on the validation clips (fixed masks), frame-weighted; predicted
+    from the output of the first ``depth`` layers through the exit norm (all layers if ``None``)."""
     import torch
 
     model.eval()
@@ -184,7 +186,7 @@ def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_
             mask = M.mask_indices(model, 1, frames, [seed, 10**6 + k, 2])
             wav = torch.as_tensor(w[:crop]).unsqueeze(0).to(device)
             lab = torch.as_tensor(l[:frames].astype(np.int64)).unsqueeze(0).to(device)
-            _, stats = M.masked_prediction(model, wav, lab, mask, autocast_dtype)
+            _, stats = M.masked_prediction(model, wav, lab, mask, autocast_dtype, depth=depth)
             m = int(mask.sum())
             u = mask.size - m
             sums["ce_masked"] += stats["ce_masked"] * m

@@ -5,6 +5,11 @@ drawn from ``numpy.random.default_rng([seed, step])`` and the mask from ``SeedSe
 the model has no dropout. So a run resumed from ``train_state.pt`` produces exactly the losses of an
 uninterrupted run (same device and thread count), and two runs with the same seed are identical.
 
+Layer consistency (``share_layers``, ``depth_range``; arXiv 2105.00812, ``docs/layer_consistency.md``): the
+layers share G weight blocks and the depth of step ``s`` is ``sample_depth(seed, s, depth_range)`` (stream
+``[seed, step, 3]``), the loss taken after that layer through the exit norm; the export is expanded to an
+ordinary ``hubert_local`` checkpoint with the compact form and the configuration as extra keys.
+
 Files in ``out``: ``train_state.pt`` (model, optimiser, step, history; atomic), ``tiny_hubert.pt`` (the
 model in s3prl's ``hubert_local`` format, fp16, written at every checkpoint), ``history.json``.
 """

@@ -178,12 +178,17 @@ def masked_accuracy_by_depth(ckpts: Dict[str, str], corpus, seed: int = 0) -> Di
 
     from ..checkpoints import load_checkpoint
     from ..pretrain.train import evaluate
+    from ..superb.intervals import wilson_interval
     from .finetune import build_hubert
 
     out = {}
     for name, path in ckpts.items():
         model = build_hubert(load_checkpoint(path))
         out[name] = {k: evaluate(model, corpus, seed, torch.device("cpu"), depth=k) for k in range(1, N_LAYERS + 1)}
+        for row in out[name].values():  # frames are correlated within a clip: the interval is optimistic
+            n = row["val_masked_frames"]
+            ci = wilson_interval(int(round(row["val_acc_masked"] * n)), n)
+            row.update(low=ci.low, high=ci.high)
     return out
 
 

@@ -202,7 +202,8 @@ def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_
             n_u += u
     model.train()
     return {"val_ce_masked": sums["ce_masked"] / max(1, n_m), "val_acc_masked": sums["acc_masked"] / max(1, n_m),
-            "val_ce_unmasked": sums["ce_unmasked"] / max(1, n_u), "val_acc_unmasked": sums["acc_unmasked"] / max(1, n_u)}
+            "val_ce_unmasked": sums["ce_unmasked"] / max(1, n_u), "val_acc_unmasked": sums["acc_unmasked"] / max(1, n_u),
+            "val_masked_frames": int(n_m)}
 
 
 def _calibrate(cfg: TrainConfig, corpus: Corpus, device, autocast_dtype, steps: int = 6) -> float:

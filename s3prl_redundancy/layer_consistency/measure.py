@@ -196,10 +196,22 @@ LABELS = {"lc_sli": "layer-consistent (shared, sampled depth), SLI",
           "tiny_backward": "tiny_hubert, first k layers (backward = shallow)",
           "tiny_forward": "tiny_hubert, layers removed forward",
           "tiny_lc_finetuned": "tiny_hubert + LC fine-tuning, SLI"}
+COLORS = {"lc_sli": "C0", "tiny_backward": "C1", "tiny_forward": "C2", "tiny_lc_finetuned": "C3"}
+MASKED_NAMES = {"lc": "lc_sli", "tiny_hubert": "tiny_backward", "tiny_lc_finetuned": "tiny_lc_finetuned"}
 
 
-def plot_capacity(capacity: Dict[str, List[Dict[str, Any]]], times: Dict[str, Dict[int, float]], path) -> None:
-    """Keyword-probe accuracy (Wilson 95%) against depth, and SLI inference time against depth."""
+def _errorbar_series(ax, series: Dict[str, List[Dict[str, Any]]], key: str) -> None:
+    for i, (name, rows) in enumerate(series.items()):
+        d = np.array([r["depth"] for r in rows]) + (i - 1.5) * 0.06
+        acc = np.array([r[key] for r in rows])
+        err = np.array([[r[key] - r["low"] for r in rows], [r["high"] - r[key] for r in rows]])
+        ax.errorbar(d, acc, yerr=err, marker="o", ms=4, capsize=2, label=LABELS.get(name, name), color=COLORS.get(name))
+    ax.set_xlabel("depth k (transformer layers run)")
+
+
+def plot_capacity(capacity: Dict[str, List[Dict[str, Any]]], masked: Dict[str, Dict[int, Dict[str, float]]],
+                  times: Dict[str, Dict[int, float]], path) -> None:
+    """Keyword-probe and masked-prediction accuracy (Wilson 95%) and SLI inference time against depth."""
     import matplotlib
 
     from ..io import save_figure
@@ -207,22 +219,23 @@ def plot_capacity(capacity: Dict[str, List[Dict[str, Any]]], times: Dict[str, Di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=90, gridspec_kw={"width_ratios": [2, 1]})
-    for i, (name, rows) in enumerate(capacity.items()):
-        d = np.array([r["depth"] for r in rows]) + (i - 1.5) * 0.06
-        acc = np.array([r["accuracy"] for r in rows])
-        err = np.array([[r["accuracy"] - r["low"] for r in rows], [r["high"] - r["accuracy"] for r in rows]])
-        a1.errorbar(d, acc, yerr=err, marker="o", ms=4, capsize=2, label=LABELS.get(name, name))
-    a1.set_xlabel("depth k (transformer layers run)")
-    a1.set_ylabel("keyword probe accuracy, last state")
-    a1.set_title("capacity at depth k (Wilson 95%)", fontsize=9)
-    a1.legend(fontsize=7)
-    for name, t in times.items():
-        a2.plot(list(t), [1000 * v for v in t.values()], "o-", label=LABELS.get(name, name))
-    a2.set_xlabel("depth k")
-    a2.set_ylabel("ms per 10 s of audio (CPU)")
-    a2.set_title("SLI inference time", fontsize=9)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.8), dpi=90, gridspec_kw={"width_ratios": [3, 3, 2]})
+    _errorbar_series(a1, capacity, "accuracy")
+    a1.set_ylabel("keyword probe accuracy (last state)")
+    a1.set_title("keyword probe, unseen voices, 120 test clips", fontsize=9)
+    a1.legend(fontsize=6)
+    rows = {n: [dict(r, depth=int(k)) for k, r in by_k.items()] for n, by_k in masked.items()}
+    _errorbar_series(a2, {MASKED_NAMES.get(n, n): r for n, r in rows.items()}, "val_acc_masked")
+    a2.set_ylabel("held-out masked-prediction accuracy")
+    a2.set_title("own prediction head, 2559 masked frames", fontsize=9)
     a2.legend(fontsize=6)
+    for name, t in times.items():
+        a3.plot([int(k) for k in t], [1000 * v for v in t.values()], "o-", label=LABELS.get(name, name),
+                color=COLORS.get(name))
+    a3.set_xlabel("depth k")
+    a3.set_ylabel("ms per 10 s of audio (CPU, 1 thread)")
+    a3.set_title("inference time (median, side by side)", fontsize=9)
+    a3.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -276,11 +289,13 @@ def report(lc_ckpt: str, finetuned_ckpt: str, tiny_ckpt: str, out, ks_voices: in
     result["inference_s_10s_audio"] = {n: inference_times(c) for n, c in
                                        (("lc_sli", lc_ckpt), ("tiny_backward", tiny_ckpt))}
     corpus = prepare_corpus(TrainConfig(seed=0), data_dir or out / "data", log=log)
-    result["masked_prediction_by_depth"] = masked_accuracy_by_depth({"lc": lc_ckpt, "tiny_hubert": tiny_ckpt}, corpus)
+    result["masked_prediction_by_depth"] = masked_accuracy_by_depth(
+        {"lc": lc_ckpt, "tiny_hubert": tiny_ckpt, "tiny_lc_finetuned": finetuned_ckpt}, corpus)
     result["train_step"] = train_step_times(corpus)
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out / "layer_consistency.json", json.dumps(result, indent=1, default=str))
-    plot_capacity(result["capacity"], result["inference_s_10s_audio"], out / "lc_capacity.png")
+    plot_capacity(result["capacity"], result["masked_prediction_by_depth"], result["inference_s_10s_audio"],
+                  out / "lc_capacity.png")
     plot_similarity(result["similarity"], out / "lc_similarity.png")
     return result
 

@@ -370,3 +370,22 @@ def test_cli_lc_finetune_writes_every_output_and_names_flags(preln_hubert, corpu
     assert main(args) != 0  # a finished run is not overwritten without --force / --resume
     assert main(args[:-1] + ["--depth-range", "2,9", "--force", "--no-progress"]) != 0
     assert "--depth-range" in capsys.readouterr().err
+
+
+def test_shipped_lc_tiny_hubert_is_layer_consistent_and_serves_every_depth():
+    from s3prl_redundancy.upstreams.lc.expert import DEFAULT_CKPT
+    from s3prl_redundancy.upstreams.lc.hubconf import lc_tiny_hubert
+
+    assert DEFAULT_CKPT.stat().st_size < 25 * 2**20
+    ckpt = torch.load(DEFAULT_CKPT, weights_only=True)
+    assert ckpt[lc.META_KEY]["share_layers"] == 1 and ckpt[lc.META_KEY]["depth_range"] == [1, 6]
+    weights = ckpt["model_weight"]
+    assert all(torch.equal(weights[f"encoder.layers.{i}.fc1.weight"], weights["encoder.layers.0.fc1.weight"])
+               for i in range(6))
+    assert torch.equal(ckpt[lc.COMPACT_KEY]["encoder.layers.blocks.0.fc1.weight"], weights["encoder.layers.0.fc1.weight"])
+    wav = [torch.randn(16000) * 0.1]
+    with torch.no_grad():
+        for depth in (2, 6):
+            up = lc_tiny_hubert(model_config={"depth": depth}).eval()
+            hs = up(wav)["hidden_states"]
+            assert len(hs) == depth + 1 and hs[-1].shape == (1, 49, 256)

@@ -14,7 +14,6 @@ weights (``pretrain-tiny --share-layers all``), random weights (time does not de
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from s3prl_redundancy.compression.cost import time_rounds

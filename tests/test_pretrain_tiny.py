@@ -111,6 +111,39 @@ def test_short_run_learns_and_resume_is_exact(tmp_path):
     assert all(torch.equal(ck["model_weight"][k], full_ck["model_weight"][k]) for k in ck["model_weight"])
 
 
+@needs_espeak
+def test_layer_consistent_run_shares_samples_depths_and_resumes_exactly(tmp_path):
+    """``share_layers`` + ``depth_range``: one layer's weights in the state, the depths of the history are the
+    (seed, step) draws and cover their range, the export is an expanded hubert_local checkpoint, resume is exact."""
+    import torch
+    from s3prl.upstream.hubert.convert import load_converted_model
+
+    from s3prl_redundancy import layer_consistency as lc
+    from s3prl_redundancy.pretrain.train import EXPORT, STATE, train
+
+    kw = dict(share_layers=1, depth_range=(1, 2), steps=12, checkpoint_every=4)
+    data_dir = tmp_path / "data"
+    full = train(_small_cfg(**kw), tmp_path / "full", data_dir=data_dir, log=lambda m: None)
+    depths = [h["depth"] for h in full["history"]]
+    assert depths == [lc.sample_depth(3, s, (1, 2)) for s in range(12)] and set(depths) == {1, 2}
+    state = torch.load(tmp_path / "full" / STATE, weights_only=True)
+    layer_keys = {k for k in state["model"] if k.startswith("encoder.layers.")}
+    assert layer_keys and all(k.startswith("encoder.layers.blocks.0.") for k in layer_keys)
+    assert state["identity"]["share_layers"] == 1 and state["identity"]["depth_range"] == [1, 2]
+    ck = torch.load(tmp_path / "full" / EXPORT, weights_only=True)
+    assert ck[lc.META_KEY]["share_layers"] == 1 and ck[lc.META_KEY]["depth_range"] == [1, 2]
+    assert torch.equal(ck["model_weight"]["encoder.layers.0.fc1.weight"], ck["model_weight"]["encoder.layers.1.fc1.weight"])
+    load_converted_model(str(tmp_path / "full" / EXPORT))  # s3prl's hubert_local loader reads the expanded form
+
+    train(_small_cfg(**kw), tmp_path / "part", data_dir=data_dir, stop_after=6, log=lambda m: None)
+    with pytest.raises(UserInputError, match="different configuration"):  # sharing is part of the run's identity
+        train(_small_cfg(**dict(kw, share_layers=None, steps=None)), tmp_path / "part", data_dir=data_dir,
+              resume=True, log=lambda m: None)
+    resumed = train(_small_cfg(**dict(kw, steps=None)), tmp_path / "part", data_dir=data_dir, resume=True,
+                    log=lambda m: None)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+
+
 def test_lr_schedule_and_argument_errors(tmp_path):
     from s3prl_redundancy.pretrain.train import lr_at, train
 

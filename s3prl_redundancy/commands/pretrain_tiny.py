@@ -22,6 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--clusters", type=int, default=100, help="k-means clusters K of the targets (default 100)")
     parser.add_argument("--targets-from", metavar="CKPT", help="HuBERT's second iteration: k-means targets from a hidden state of this hubert_local checkpoint (e.g. an earlier pretrain-tiny run) instead of MFCCs")
     parser.add_argument("--target-layer", type=int, default=3, help="with --targets-from: the hidden state to cluster (0 = transformer input, 6 = last layer; default 3)")
+    parser.add_argument("--share-layers", metavar="all|G", help="layer consistency (arXiv 2105.00812): the transformer layers share one set of weights ('all') or G sets (consecutive groups); default: no sharing")
+    parser.add_argument("--depth-range", metavar="LO,HI", help="layer consistency: the depth of every step is drawn uniformly from LO..HI (a function of seed and step), the loss taken after that layer through the final layer norm; default: always all layers")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100; also every 5 minutes)")
     parser.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total; the learning-rate schedule still spans --steps, and --resume continues exactly (train in stages)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state.pt")
@@ -89,9 +91,16 @@ def run(args) -> int:
         raise UserInputError(f"must be positive, got {args.minutes}", argument="minutes")
     if args.targets_from is not None and args.no_cmn:  # train() checks the file and hashes it
         raise UserInputError("applies to MFCC targets; it cannot be combined with `targets_from`", argument="no_cmn")
+    from ..layer_consistency import parse_depth_range, parse_share_layers
+    from ..pretrain.model import MODEL_CFG
+
+    n_layers = int(MODEL_CFG["encoder_layers"])
+    share = parse_share_layers(args.share_layers, n_layers)
+    depth_range = parse_depth_range(args.depth_range, n_layers)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
                       checkpoint_every=args.checkpoint_every, mfcc_cmn=not args.no_cmn, n_clusters=args.clusters,
                       targets_from=args.targets_from, target_layer=args.target_layer,
+                      share_layers=share, depth_range=depth_range,
                       data=DataConfig(seed=args.seed, n_sentences=args.sentences, n_phrases=args.phrases))
     result = train(cfg, args.out, data_dir=args.data_dir, device=args.device, resume=args.resume, force=args.force,
                    stop_after=args.stop_after, log=lambda m: print(m, flush=True))

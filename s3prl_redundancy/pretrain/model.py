@@ -40,8 +40,13 @@ UNMASKED_WEIGHT = 0.5
 FEATURE_PENALTY = 10.0
 
 
-def build_model(seed: int, model_cfg: Optional[dict] = None, n_clusters: int = N_CLUSTERS):
-    """A freshly initialised ``HubertModel`` (``torch.manual_seed(seed)`` first: same seed, same weights)."""
+def build_model(seed: int, model_cfg: Optional[dict] = None, n_clusters: int = N_CLUSTERS,
+                share_layers: Optional[int] = None):
+    """A freshly initialised ``HubertModel`` (``torch.manual_seed(seed)`` first: same seed, same weights).
+
+    share_layers: G blocks of transformer weights shared by the layers (1 = all layers share one), see
+    :func:`~s3prl_redundancy.layer_consistency.share_layers`; ``None``: no sharing.
+    """
     import torch
     from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
     from s3prl.upstream.utils import merge_with_parent
@@ -53,6 +58,10 @@ def build_model(seed: int, model_cfg: Optional[dict] = None, n_clusters: int = N
         merge_with_parent(HubertConfig, cfg), merge_with_parent(HubertPretrainingConfig, dict(TASK_CFG)),
         [symbols(n_clusters)],
     )
+    if share_layers is not None:
+        from ..layer_consistency import share_layers as share
+
+        share(model, share_layers)
     return model, cfg
 
 
@@ -75,13 +84,17 @@ def mask_indices(model, batch: int, frames: int, seed_seq) -> np.ndarray:
         np.random.set_state(state)
 
 
-def masked_prediction(model, wav, targets, mask, autocast_dtype=None):
+def masked_prediction(model, wav, targets, mask, autocast_dtype=None, depth: Optional[int] = None):
     """Loss and statistics of one batch.
 
     wav: (B, samples) float; targets: (B, T) long cluster indices aligned with the conv frames
     (extra frames on either side are trimmed to the shorter); mask: (B, T) bool numpy or tensor.
     loss = CE(masked) + 0.5 CE(unmasked) + 10 * mean(conv features^2).
+    depth: predict from the output of the first ``depth`` layers through the encoder's exit layer norm
+    (layer-consistent training, :func:`~s3prl_redundancy.layer_consistency.encode_to_depth`); all if ``None``.
     """
+    from ..layer_consistency import encode_to_depth
+
     import contextlib
 
     import torch
@@ -99,7 +112,7 @@ def masked_prediction(model, wav, targets, mask, autocast_dtype=None):
         if model.post_extract_proj is not None:
             x = model.post_extract_proj(x)
         x = torch.where(mask.unsqueeze(-1), model.mask_emb.to(x.dtype), x)
-        x, _ = model.encoder(x, padding_mask=None)
+        x = encode_to_depth(model, x, depth)
         logits = model.final_proj(x).float()  # (B, T, K)
     flat_logits, flat_t, flat_m = logits.reshape(-1, logits.size(-1)), targets.reshape(-1), mask.reshape(-1)
     ce = F.cross_entropy(flat_logits, flat_t, reduction="none")
@@ -115,15 +128,35 @@ def masked_prediction(model, wav, targets, mask, autocast_dtype=None):
                   "mask_frac": float(flat_m.float().mean())}
 
 
-def hubert_local_checkpoint(model, model_cfg: dict, n_clusters: int, half: bool = True, extra: Optional[dict] = None):
-    """The model as s3prl's ``hubert_local`` checkpoint (plain dicts; fp16 tensors when ``half``:
-    ``load_state_dict`` copies them into the fp32 model)."""
+def _portable(state, half: bool):
     import torch
 
-    weights = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu()).clone()
-               for k, v in model.state_dict().items()}
+    return {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu()).clone()
+            for k, v in state.items()}
+
+
+def hubert_local_checkpoint(model, model_cfg: dict, n_clusters: int, half: bool = True, extra: Optional[dict] = None,
+                            layer_consistency: Optional[dict] = None):
+    """The model as s3prl's ``hubert_local`` checkpoint (plain dicts; fp16 tensors when ``half``:
+    ``load_state_dict`` copies them into the fp32 model).
+
+    A model with shared layers (``layer_consistency["share_layers"]`` = G blocks) is written *expanded*
+    (one copy per layer, what s3prl's loader reads) plus its compact state dict and configuration under
+    the extra keys of :mod:`~s3prl_redundancy.layer_consistency`.
+    """
+    from .. import layer_consistency as lc
+
+    state = model.state_dict()
+    groups = (layer_consistency or {}).get("share_layers")
+    weights = _portable(state, half)
+    if groups is not None:
+        weights = lc.expand_shared_state(weights, int(model_cfg["encoder_layers"]), groups)
     ckpt = {"task_cfg": dict(TASK_CFG), "model_cfg": dict(model_cfg), "model_weight": weights,
             "dictionaries_symbols": [symbols(n_clusters)]}
     if extra:
         ckpt["tiny_hubert"] = extra
+    if layer_consistency is not None:
+        ckpt[lc.META_KEY] = dict(layer_consistency)
+        if groups is not None:
+            ckpt[lc.COMPACT_KEY] = {k: v for k, v in _portable(state, half).items() if k.startswith(lc.LAYERS_PREFIX)}
     return ckpt

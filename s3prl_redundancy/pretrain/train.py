@@ -5,6 +5,11 @@ drawn from ``numpy.random.default_rng([seed, step])`` and the mask from ``SeedSe
 the model has no dropout. So a run resumed from ``train_state.pt`` produces exactly the losses of an
 uninterrupted run (same device and thread count), and two runs with the same seed are identical.
 
+Layer consistency (``share_layers``, ``depth_range``; arXiv 2105.00812, ``docs/layer_consistency.md``): the
+layers share G weight blocks and the depth of step ``s`` is ``sample_depth(seed, s, depth_range)`` (stream
+``[seed, step, 3]``), the loss taken after that layer through the exit norm; the export is expanded to an
+ordinary ``hubert_local`` checkpoint with the compact form and the configuration as extra keys.
+
 Files in ``out``: ``train_state.pt`` (model, optimiser, step, history; atomic), ``tiny_hubert.pt`` (the
 model in s3prl's ``hubert_local`` format, fp16, written at every checkpoint), ``history.json``.
 """
@@ -16,12 +21,13 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import UserInputError
 from ..io import OutputDir, atomic_path
+from ..layer_consistency import sample_depth
 from . import model as M
 from .data import DataConfig, load_or_build
 from .targets import HOP, WINDOW, build_targets, num_frames
@@ -53,6 +59,10 @@ class TrainConfig:
     targets_from: Optional[str] = None
     target_layer: int = 3
     targets_sha: Optional[str] = None
+    # layer consistency (arXiv 2105.00812): G shared weight blocks (1 = all layers share one; None = no
+    # sharing) and the range [lo, hi] the depth of every step is drawn from (None = always the full depth)
+    share_layers: Optional[int] = None
+    depth_range: Optional[Tuple[int, int]] = None
     checkpoint_every: int = 100
     eval_every: int = 250
     log_every: int = 25
@@ -64,7 +74,18 @@ class TrainConfig:
         d = asdict(self)
         for k in ("steps", "minutes", "checkpoint_every", "eval_every", "log_every", "targets_from"):
             d.pop(k)
+        for k in ("share_layers", "depth_range"):  # absent when unused: runs from before these options resume
+            if d[k] is None:
+                d.pop(k)
         return d
+
+    def layer_consistency(self) -> Optional[dict]:
+        """The sharing / depth-sampling configuration recorded in the export (``None`` for a standard run)."""
+        if self.share_layers is None and self.depth_range is None:
+            return None
+        return {"share_layers": self.share_layers,
+                "depth_range": None if self.depth_range is None else list(self.depth_range),
+                "method": "layer consistency, arXiv 2105.00812"}
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
@@ -154,8 +175,10 @@ def _device_setup(device: str):
     return torch.device("cpu"), None
 
 
-def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_seconds: float = 4.0) -> Dict[str, float]:
-    """Masked / unmasked accuracy and CE on the validation clips (fixed masks), frame-weighted."""
+def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_seconds: float = 4.0,
+             depth: Optional[int] = None) -> Dict[str, float]:
+    """Masked / unmasked accuracy and CE on the validation clips (fixed masks), frame-weighted; predicted
+    from the output of the first ``depth`` layers through the exit norm (all layers if ``None``)."""
     import torch
 
     model.eval()
@@ -168,7 +191,7 @@ def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_
             mask = M.mask_indices(model, 1, frames, [seed, 10**6 + k, 2])
             wav = torch.as_tensor(w[:crop]).unsqueeze(0).to(device)
             lab = torch.as_tensor(l[:frames].astype(np.int64)).unsqueeze(0).to(device)
-            _, stats = M.masked_prediction(model, wav, lab, mask, autocast_dtype)
+            _, stats = M.masked_prediction(model, wav, lab, mask, autocast_dtype, depth=depth)
             m = int(mask.sum())
             u = mask.size - m
             sums["ce_masked"] += stats["ce_masked"] * m
@@ -179,14 +202,15 @@ def evaluate(model, corpus: Corpus, seed: int, device, autocast_dtype=None, max_
             n_u += u
     model.train()
     return {"val_ce_masked": sums["ce_masked"] / max(1, n_m), "val_acc_masked": sums["acc_masked"] / max(1, n_m),
-            "val_ce_unmasked": sums["ce_unmasked"] / max(1, n_u), "val_acc_unmasked": sums["acc_unmasked"] / max(1, n_u)}
+            "val_ce_unmasked": sums["ce_unmasked"] / max(1, n_u), "val_acc_unmasked": sums["acc_unmasked"] / max(1, n_u),
+            "val_masked_frames": int(n_m)}
 
 
 def _calibrate(cfg: TrainConfig, corpus: Corpus, device, autocast_dtype, steps: int = 6) -> float:
     """Seconds per training step, measured on a throw-away copy of the model (for ``minutes``)."""
     import torch
 
-    model, _ = M.build_model(cfg.seed, cfg.model_cfg, cfg.n_clusters)
+    model, _ = M.build_model(cfg.seed, cfg.model_cfg, cfg.n_clusters, cfg.share_layers)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr * 0.01)
     times = []
@@ -204,7 +228,11 @@ def _train_step(model, opt, corpus: Corpus, cfg: TrainConfig, step: int, device,
 
     wav, lab = corpus.batch(cfg.seed, step, cfg.batch_size, int(cfg.crop_seconds * 16000))
     mask = M.mask_indices(model, wav.shape[0], lab.shape[1], [cfg.seed, step, 1])
-    loss, stats = M.masked_prediction(model, torch.as_tensor(wav).to(device), torch.as_tensor(lab).to(device), mask, autocast_dtype)
+    depth = None if cfg.depth_range is None else sample_depth(cfg.seed, step, cfg.depth_range)
+    loss, stats = M.masked_prediction(model, torch.as_tensor(wav).to(device), torch.as_tensor(lab).to(device), mask,
+                                      autocast_dtype, depth=depth)
+    if depth is not None:
+        stats["depth"] = depth
     opt.zero_grad(set_to_none=True)
     loss.backward()
     stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
@@ -234,6 +262,11 @@ def _check_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
     """The settings, before any work; fills ``targets_sha`` (the hash of ``targets_from``)."""
     if cfg.steps is None and cfg.minutes is None and not resume:
         raise UserInputError("give `steps` or `minutes`", argument="steps")
+    n_layers = int((cfg.model_cfg or M.MODEL_CFG)["encoder_layers"])
+    if cfg.share_layers is not None and not 1 <= cfg.share_layers <= n_layers:
+        raise UserInputError(f"must be between 1 and the {n_layers} layers, got {cfg.share_layers}", argument="share_layers")
+    if cfg.depth_range is not None and not 1 <= cfg.depth_range[0] <= cfg.depth_range[1] <= n_layers:
+        raise UserInputError(f"must satisfy 1 <= lo <= hi <= {n_layers}, got {cfg.depth_range}", argument="depth_range")
     if cfg.targets_from is not None and cfg.targets_sha is None:
         import dataclasses
         import hashlib
@@ -275,7 +308,7 @@ class _Run:
         import torch
 
         self.cfg, self.output, self.dev, self.autocast_dtype = cfg, output, dev, autocast_dtype
-        self.model, self.model_cfg = M.build_model(cfg.seed, cfg.model_cfg, cfg.n_clusters)
+        self.model, self.model_cfg = M.build_model(cfg.seed, cfg.model_cfg, cfg.n_clusters, cfg.share_layers)
         self.model.to(dev).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.history: List[Dict] = []
@@ -308,7 +341,8 @@ class _Run:
                  "targets": (f"k-means of hidden state {cfg.target_layer} of a model (sha256 {cfg.targets_sha[:16]})"
                              if cfg.targets_from else f"k-means of MFCC{'' if cfg.mfcc_cmn else ' (no mean removal)'}")}
         self.output.save_torch(EXPORT, M.hubert_local_checkpoint(self.model, self.model_cfg, cfg.n_clusters, half=True,
-                                                                 extra=extra))
+                                                                 extra=extra,
+                                                                 layer_consistency=cfg.layer_consistency()))
         self.output.write_text(HISTORY, json.dumps({"total_steps": self.total, "step": step, "seconds": self.elapsed,
                                                     "parameters": self.n_params, "history": self.history,
                                                     "evals": self.evals}, indent=1))

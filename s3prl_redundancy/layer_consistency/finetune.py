@@ -1,0 +1,414 @@
+"""Layer-consistency fine-tuning of an unshared pretrained model (``s3prl-redundancy lc-finetune``).
+
+The model keeps its architecture and keeps training with a *sampled exit depth*: at step ``s`` the depth
+``k = sample_depth(seed, s, depth_range)`` is drawn, the model runs its first ``k`` layers and the exit
+norm (:func:`~s3prl_redundancy.layer_consistency.encode_to_depth`), and that output is trained against the
+*frozen original's* final output on the same frames (self-distillation):
+``mse_weight * ||y_k - h||^2 / (N D) + cosine_weight * mean_frames(1 - cos(y_k, h))``. So every prefix of
+``k`` layers comes to yield features like the full model's: what a shallow-layer-inference upstream
+(``lc_hubert`` with ``depth: k``) serves. The convolutional front end is frozen (as s3prl runs it).
+
+Determinism: the batch (utterances and crop offsets) and the depth are functions of ``(seed, step)``; the
+crop length is common to the global batch, so there is no padding and a batch split over ranks computes
+the same frames. ``train_state.pt`` holds model, optimiser, RNG states, step and history: a run stopped
+(``stop_after``, or killed after a checkpoint) and resumed gives the identical loss curve. Under
+``torchrun`` each rank takes its share of every global batch and the gradients are summed over ranks
+(:func:`~s3prl_redundancy.distributed.all_reduce_sum` semantics, tensor by tensor): the ranks train the
+same model as one process with the same global batch.
+
+The training audio is held in memory (bound it with ``max_utterances`` / ``max_seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .. import distributed
+from ..errors import UserInputError
+from ..io import OutputDir
+from . import META_KEY, encode_to_depth, parse_depth_range, sample_depth, transformer_input
+
+COMMAND = "lc-finetune"
+STATE = "train_state.pt"
+EXPORT = "lc_hubert.pt"
+HISTORY = "history.json"
+MANIFEST = "manifest.json"
+CURVE = "loss_curve.png"
+OUTPUTS = (STATE, EXPORT, HISTORY, MANIFEST, CURVE)
+STATE_FORMAT = "s3prl_redundancy.lc_finetune_state"
+SUPPORTED_FAMILIES = ("hubert",)
+
+
+@dataclass
+class LCFinetuneConfig:
+    upstream: str
+    data: str
+    out: str
+    ckpt: Optional[str] = None
+    steps: int = 200
+    batch_size: int = 8
+    crop_seconds: float = 2.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    clip_norm: float = 10.0
+    depth_range: Optional[Sequence[int]] = None  # None: 1 .. all layers
+    mse_weight: float = 1.0
+    cosine_weight: float = 1.0
+    seed: int = 0
+    heldout: Optional[int] = None  # None: 10% of the utterances (1..100) when there are at least 2
+    max_utterances: Optional[int] = None
+    max_seconds: Optional[float] = None
+    save_every: int = 50
+    stop_after: Optional[int] = None
+    resume: bool = False
+    force: bool = False
+    device: str = "cpu"
+    progress: bool = True
+
+    # what must match for `resume` (steps may not change either: it is checked against the state)
+    RESUME_KEYS = ("upstream", "batch_size", "crop_seconds", "lr", "weight_decay", "clip_norm", "mse_weight",
+                   "cosine_weight", "seed", "heldout", "max_utterances", "max_seconds")
+
+
+def check_config(cfg: LCFinetuneConfig, world_size: int) -> None:
+    """The numeric settings, before anything is loaded."""
+    for name in ("steps", "batch_size", "save_every"):
+        if int(getattr(cfg, name)) < 1:
+            raise UserInputError(f"must be at least 1, got {getattr(cfg, name)}", argument=name)
+    if cfg.stop_after is not None and cfg.stop_after < 1:
+        raise UserInputError(f"must be at least 1, got {cfg.stop_after}", argument="stop_after")
+    if cfg.lr <= 0 or cfg.crop_seconds <= 0:
+        bad = "lr" if cfg.lr <= 0 else "crop_seconds"
+        raise UserInputError(f"must be positive, got {getattr(cfg, bad)}", argument=bad)
+    if cfg.mse_weight < 0 or cfg.cosine_weight < 0 or cfg.mse_weight + cfg.cosine_weight == 0:
+        raise UserInputError("the loss weights must be non-negative and not both 0, got "
+                             f"`mse_weight={cfg.mse_weight}`, `cosine_weight={cfg.cosine_weight}`", argument="mse_weight")
+    if cfg.batch_size < world_size:
+        raise UserInputError(f"{cfg.batch_size} is the global batch; it must be at least the number of processes "
+                             f"({world_size})", argument="batch_size")
+    if cfg.device not in ("cpu", "cuda"):
+        raise UserInputError(f"{cfg.device!r}: use cpu or cuda", argument="device")
+
+
+def resolve_model(upstream: str, ckpt: Optional[str]):
+    """The checkpoint to fine-tune: ``(TeacherSource, num_layers)``; only the families in
+    :data:`SUPPORTED_FAMILIES` (their s3prl local format is what the result is written in)."""
+    from ..distill.teacher import resolve_teacher
+
+    try:
+        source = resolve_teacher(upstream, ckpt)
+    except UserInputError as e:
+        raise UserInputError(str(e).replace("unknown teacher", "unknown upstream"), argument=e.argument
+                             if e.argument != "teacher" else "upstream") from None
+    if source.family.name not in SUPPORTED_FAMILIES:
+        raise UserInputError(f"{upstream}: layer-consistency fine-tuning supports the {', '.join(SUPPORTED_FAMILIES)} "
+                             f"family for now, not {source.family.name}", argument="upstream")
+    return source, source.family.num_layers(source.checkpoint)
+
+
+def build_hubert(checkpoint: Dict[str, Any]):
+    """s3prl's ``HubertModel`` with the checkpoint's weights (fp32), as ``load_converted_model`` builds it."""
+    import torch
+    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
+    from s3prl.upstream.utils import merge_with_parent
+
+    model = HubertModel(merge_with_parent(HubertConfig, dict(checkpoint["model_cfg"])),
+                        merge_with_parent(HubertPretrainingConfig, dict(checkpoint["task_cfg"])),
+                        checkpoint["dictionaries_symbols"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["model_weight"].items()})
+    model.encoder.layerdrop = 0.0  # the sampled depth replaces LayerDrop
+    return model.to(torch.float32)
+
+
+def distill_loss(pred, target, frames_global: float, mse_weight: float, cosine_weight: float):
+    """``(loss, mse, cos)``: this rank's share of the global loss (its sum over ranks is the global loss)."""
+    import torch.nn.functional as F
+
+    p, t = pred.float().reshape(-1, pred.shape[-1]), target.float().reshape(-1, target.shape[-1])
+    mse = (p - t).pow(2).sum() / (frames_global * p.shape[-1])
+    cos = (1.0 - F.cosine_similarity(p, t, dim=-1)).sum() / frames_global
+    return mse_weight * mse + cosine_weight * cos, mse, cos
+
+
+def features_at(model, wav, depth: Optional[int]):
+    """Frames of ``wav`` (B, S) after the first ``depth`` layers and the exit norm (no masking, no padding)."""
+    x, _, _ = transformer_input(model, wav)
+    return encode_to_depth(model, x, depth)
+
+
+def depth_losses(model, teacher, wavs: List, mse_weight: float = 1.0, cosine_weight: float = 1.0) -> Dict[int, float]:
+    """The fine-tuning loss at every depth on ``wavs`` (one utterance at a time, frame-weighted)."""
+    import torch
+
+    n = len(model.encoder.layers)
+    sums, frames = {k: 0.0 for k in range(1, n + 1)}, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for wav in wavs:
+            w = torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1)
+            target = features_at(teacher, w, None)
+            t = target.shape[1]
+            for k in range(1, n + 1):
+                loss, _, _ = distill_loss(features_at(model, w, k), target, 1.0, mse_weight, cosine_weight)
+                sums[k] += float(loss)
+            frames += t
+    model.train(was_training)
+    return {k: s / max(1, frames) for k, s in sums.items()}
+
+
+class Batches:
+    """Global batch ``step``: utterances from a seeded per-epoch order, one common crop, seeded offsets."""
+
+    def __init__(self, wavs: List[np.ndarray], batch_size: int, crop_samples: int, seed: int):
+        from ..distill.sampling import GlobalBatches
+
+        self.wavs, self.crop, self.seed = wavs, int(crop_samples), int(seed)
+        self.order = GlobalBatches(len(wavs), batch_size, seed)
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """This rank's rows ``rank, rank + world, ...`` of global batch ``step``: (rows, crop) float32."""
+        idx = self.order.batch(step)
+        crop = min(self.crop, min(len(self.wavs[i]) for i in idx))
+        rng = np.random.default_rng([self.seed, step])
+        offsets = [int(rng.integers(0, len(self.wavs[i]) - crop + 1)) for i in idx]
+        rows = [self.wavs[i][o : o + crop] for i, o in zip(idx, offsets)][rank::world]
+        return np.stack(rows).astype(np.float32)
+
+
+def output_dir(cfg: LCFinetuneConfig) -> OutputDir:
+    """``out`` under the project's output policy (command ``lc-finetune``), checked before any work."""
+    folder = OutputDir(cfg.out, COMMAND, force=cfg.force, resume=cfg.resume, argument="out")
+    return folder.check(outputs=OUTPUTS, resume_file=STATE)
+
+
+def load_audio_split(cfg: LCFinetuneConfig):
+    """``(train wavs, held-out wavs)`` as float32 numpy arrays (the whole training set in memory)."""
+    from ..audio import AudioDataset
+    from ..distill.trainer import split_heldout
+
+    dataset = AudioDataset.from_data(cfg.data, cfg.max_utterances, cfg.max_seconds)
+    train_files, held = split_heldout(list(dataset.files), cfg.heldout, cfg.seed)
+    load = lambda files: [AudioDataset(files, dataset.root, cfg.max_seconds)[i][1].numpy().astype(np.float32)  # noqa: E731
+                          for i in range(len(files))]
+    train = load(train_files)
+    if min(len(w) for w in train) < 400:
+        raise UserInputError("an utterance is shorter than one frame (400 samples)", argument="data")
+    return train, load(held)
+
+
+class LCFinetuner:
+    """One fine-tuning run: set-up (:meth:`prepare`), the loop (:meth:`train`), the outputs (:meth:`finish`)."""
+
+    def __init__(self, cfg: LCFinetuneConfig, ctx: Optional[distributed.DistContext] = None):
+        self.cfg = cfg
+        check_config(cfg, 1)
+        self.ctx = ctx or distributed.init_from_env(cfg.device)
+        check_config(cfg, self.ctx.world_size)
+
+    def prepare(self) -> None:
+        """Check every input and ``out``, then load the audio, build the models and (``resume``) the state."""
+        import torch
+
+        cfg = self.cfg
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise UserInputError("cuda: no CUDA device is visible to torch; use cpu", argument="device")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device("cpu")
+        self.source, n_layers = resolve_model(cfg.upstream, cfg.ckpt)
+        self.depth_range = parse_depth_range(cfg.depth_range or (1, n_layers), n_layers)
+        self.output = output_dir(cfg)
+        self.train_wavs, self.heldout_wavs = load_audio_split(cfg)
+        distributed.barrier()
+        if self.ctx.is_main:
+            self.output.prepare()
+        distributed.barrier()
+        self.batches = Batches(self.train_wavs, cfg.batch_size, int(cfg.crop_seconds * 16000), cfg.seed)
+        self._build_models()
+        self.start, self.elapsed, self.history, self.evals = 0, 0.0, [], {}
+        if cfg.resume:
+            self._load_state()
+        elif self.heldout_wavs:
+            self.evals["before"] = depth_losses(self.model, self.teacher, self.heldout_wavs, cfg.mse_weight,
+                                                cfg.cosine_weight)
+
+    def _build_models(self) -> None:
+        import torch
+
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_hubert(self.source.checkpoint).to(self.device).train()
+        self.model.feature_extractor.requires_grad_(False)  # the front end stays as it is (s3prl freezes it)
+        self.teacher = build_hubert(self.source.checkpoint).to(self.device).eval().requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def identity(self) -> Dict[str, Any]:
+        ident = {k: getattr(self.cfg, k) for k in LCFinetuneConfig.RESUME_KEYS}
+        ident.update(source=self.source.source, depth_range=list(self.depth_range), steps=self.cfg.steps,
+                     world_size=self.ctx.world_size, train_utterances=len(self.train_wavs))
+        return json.loads(json.dumps(ident, default=str))
+
+    def _load_state(self) -> None:
+        from ..checkpoints import load_checkpoint
+        from ..distill.trainer import set_rng_states
+
+        path = self.output.path / STATE
+        state = load_checkpoint(path, what="training state")
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise UserInputError(f"{path} is not an lc-finetune training state", argument="resume")
+        differ = {k: (state["identity"].get(k), v) for k, v in self.identity().items() if state["identity"].get(k) != v}
+        if differ:
+            lines = "; ".join(f"{k}: state {a!r} vs now {b!r}" for k, (a, b) in differ.items())
+            raise UserInputError(f"the run in {self.output.path} was started with other settings ({lines}); resume "
+                                 "with the same settings, or start over with `force=True`", argument="resume")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        set_rng_states(state["rng"])
+        self.start, self.elapsed = int(state["step"]), float(state["seconds"])
+        self.history, self.evals = list(state["history"]), dict(state["evals"])
+
+    def save_state(self, step: int) -> None:
+        from ..distill.trainer import rng_states
+
+        if not self.ctx.is_main:
+            return
+        self.output.save_torch(STATE, {"format": STATE_FORMAT, "identity": self.identity(), "step": step,
+                                       "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                                       "optimizer": self.opt.state_dict(), "rng": rng_states(),
+                                       "seconds": self.elapsed, "history": self.history, "evals": self.evals})
+
+    def step(self, step: int) -> Dict[str, Any]:
+        """One optimiser step on global batch ``step`` at its sampled depth; its statistics."""
+        import torch
+
+        cfg, ctx = self.cfg, self.ctx
+        t0 = time.perf_counter()
+        depth = sample_depth(cfg.seed, step, self.depth_range)
+        wav = torch.as_tensor(self.batches.batch(step, ctx.rank, ctx.world_size), device=self.device)
+        with torch.no_grad():
+            target = features_at(self.teacher, wav, None)
+        pred = features_at(self.model, wav, depth)
+        frames = float(distributed.all_reduce_sum([pred.shape[0] * pred.shape[1]], dtype=torch.float64)[0])
+        loss, mse, cos = distill_loss(pred, target, frames, cfg.mse_weight, cfg.cosine_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._sum_gradients()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_norm))
+        sums = distributed.all_reduce_sum([float(loss.detach()), float(mse.detach()), float(cos.detach())], dtype=torch.float64)
+        if not np.isfinite(sums[0]):
+            raise RuntimeError(f"the loss became {sums[0]} at step {step + 1}; lower `lr` or check `data`")
+        self.opt.step()
+        self.elapsed += time.perf_counter() - t0
+        stats = {"step": step, "depth": depth, "loss": sums[0], "mse": sums[1], "cos": sums[2],
+                 "grad_norm": grad_norm, "seconds": round(self.elapsed, 3)}
+        self.history.append(stats)
+        return stats
+
+    def _sum_gradients(self) -> None:
+        """Sum every gradient over the ranks (each rank's loss is its share of the global loss). All ranks
+        sample the same depth, so the same parameters have gradients everywhere, in the same order."""
+        if not self.ctx.distributed:
+            return
+        import torch.distributed as dist
+
+        for p in self.params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+    def train(self) -> List[Dict[str, Any]]:
+        """Steps ``start .. end - 1`` (``end`` = ``stop_after`` or ``steps``), checkpointing when due."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+        bar = tqdm(total=cfg.steps, initial=self.start, disable=not (cfg.progress and self.ctx.is_main),
+                   desc=COMMAND, dynamic_ncols=True)
+        try:
+            for step in range(self.start, end):
+                stats = self.step(step)
+                bar.update(1)
+                bar.set_postfix(depth=stats["depth"], loss=f"{stats['loss']:.4g}")
+                done = step + 1
+                if done % cfg.save_every == 0 or done == end:
+                    self.save_state(done)
+        finally:
+            bar.close()
+        if self.start >= end:
+            self.save_state(self.start)
+        self.end = end
+        distributed.barrier()
+        return self.history
+
+    def finish(self) -> Dict[str, Any]:
+        """Write the checkpoint, ``history.json``, ``manifest.json`` and the loss curve (rank 0 only)."""
+        if not self.ctx.is_main:
+            return {}
+        cfg = self.cfg
+        if self.end == cfg.steps and self.heldout_wavs:
+            self.evals["after"] = depth_losses(self.model, self.teacher, self.heldout_wavs, cfg.mse_weight,
+                                               cfg.cosine_weight)
+        meta = {"method": "layer-consistency fine-tuning (sampled exit depth, self-distillation), arXiv 2105.00812",
+                "finetuned_from": self.source.source, "depth_range": list(self.depth_range), "steps": self.end,
+                "total_steps": cfg.steps, "share_layers": None, "loss": {"mse_weight": cfg.mse_weight,
+                                                                          "cosine_weight": cfg.cosine_weight}}
+        self.output.save_torch(EXPORT, export_checkpoint(self.source.checkpoint, self.model, meta))
+        self.output.write_text(HISTORY, json.dumps({"history": self.history, "heldout_depth_losses": self.evals},
+                                                   indent=1))
+        manifest = {"checkpoint": EXPORT, "load_with": f"-u lc_hubert -k {self.output.path / EXPORT} -g depth.yaml",
+                    "steps": self.end, "total_steps": cfg.steps, "world_size": self.ctx.world_size,
+                    "train_seconds": round(self.elapsed, 2), "heldout_depth_losses": self.evals,
+                    "config": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "force", "progress")}}
+        self.output.write_json(MANIFEST, manifest)
+        plot_history(self.history, self.output.file(CURVE), self.depth_range)
+        return manifest
+
+
+def export_checkpoint(source: Dict[str, Any], model, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """``source`` (a ``hubert_local`` checkpoint) with the fine-tuned weights, in their stored dtype, and
+    ``meta`` under :data:`~s3prl_redundancy.layer_consistency.META_KEY`; s3prl's loader reads it as before."""
+    stored = source["model_weight"]
+    weights = {k: v.detach().cpu().to(stored[k].dtype if k in stored else v.dtype).clone()
+               for k, v in model.state_dict().items()}
+    out = dict(source)
+    out["model_weight"] = weights
+    out[META_KEY] = meta
+    return out
+
+
+def plot_history(history: List[Dict[str, Any]], path, depth_range) -> None:
+    """Training loss per step, one series per sampled depth."""
+    import matplotlib
+
+    from ..io import save_figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
+    for k in range(depth_range[0], depth_range[1] + 1):
+        pts = [(h["step"] + 1, h["loss"]) for h in history if h["depth"] == k]
+        if pts:
+            ax.plot(*zip(*pts), ".", ms=3, label=f"depth {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (vs frozen final layer)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def lc_finetune(cfg: LCFinetuneConfig, ctx: Optional[distributed.DistContext] = None) -> Dict[str, Any]:
+    """A whole run (set-up, training, outputs); returns the manifest (empty on ranks > 0)."""
+    runner = LCFinetuner(cfg, ctx)
+    try:
+        runner.prepare()
+        runner.train()
+        manifest = runner.finish()
+        distributed.barrier()
+        manifest["history"] = runner.history if manifest else []
+        return manifest
+    finally:
+        distributed.cleanup(runner.ctx)

@@ -175,6 +175,14 @@ class Family:
     def _new_model(self, cfg, ckpt: Mapping[str, Any]):
         return _import(self.model_class)(cfg)
 
+    def trained_model(self, ckpt: Mapping[str, Any]):
+        """s3prl's model with ``ckpt``'s weights in fp32 (a shipped fp16 checkpoint is widened) and LayerDrop
+        off, for code that trains or runs the model itself rather than through s3prl's expert."""
+        model = self.build_model(ckpt)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.weights(ckpt).items()})
+        model.encoder.layerdrop = 0.0
+        return model.float()
+
     def front_end_model(self, ckpt: Mapping[str, Any]):
         """``(model, normalize_waveform)``: a 0-layer model whose modules before the transformer stack are
         the front end (see ``distill/front_end.py``)."""

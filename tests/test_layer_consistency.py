@@ -332,7 +332,8 @@ def test_prune_strategy_shallow_equals_the_sli_entry(keep, tmp_path):
     ``depth: k`` serves (shallow layer inference is a cut; what makes it work is the training)."""
     from s3prl_redundancy.checkpoints import checkpoint_buffer
     from s3prl_redundancy.compression.compress import compress
-    from s3prl_redundancy.compression.strategies import Target, build_strategy, plan_layers
+    from s3prl_redundancy.compression.strategies import Target, plan_layers
+    from s3prl_redundancy.plugins import build_strategy
     from s3prl_redundancy.families import FAMILIES
     from s3prl_redundancy.pretrain.model import hubert_local_checkpoint
     from s3prl_redundancy.testing.audio import random_wavs

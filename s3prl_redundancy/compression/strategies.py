@@ -389,7 +389,8 @@ class BackwardStrategy(LayerSelectionStrategy):
 
 class ShallowStrategy(BackwardStrategy):
     name = "shallow"
-    summary = "keep the first k layers (shallow layer inference); same selection as backward"
+    summary = ("keep the first k layers (shallow layer inference): meant for layer-consistent models (lc_tiny_hubert, "
+               "lc-finetune output, served at any depth by lc_hubert); on other models it is backward")
 
 
 class ForwardStrategy(LayerSelectionStrategy):

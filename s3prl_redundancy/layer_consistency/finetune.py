@@ -111,20 +111,6 @@ def resolve_model(upstream: str, ckpt: Optional[str]):
     return source, source.family.num_layers(source.checkpoint)
 
 
-def build_hubert(checkpoint: Dict[str, Any]):
-    """s3prl's ``HubertModel`` with the checkpoint's weights (fp32), as ``load_converted_model`` builds it."""
-    import torch
-    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
-    from s3prl.upstream.utils import merge_with_parent
-
-    model = HubertModel(merge_with_parent(HubertConfig, dict(checkpoint["model_cfg"])),
-                        merge_with_parent(HubertPretrainingConfig, dict(checkpoint["task_cfg"])),
-                        checkpoint["dictionaries_symbols"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["model_weight"].items()})
-    model.encoder.layerdrop = 0.0  # the sampled depth replaces LayerDrop
-    return model.to(torch.float32)
-
-
 def distill_loss(pred, target, frames_global: float, mse_weight: float, cosine_weight: float):
     """``(loss, mse, cos)``: this rank's share of the global loss (its sum over ranks is the global loss)."""
     import torch.nn.functional as F
@@ -240,9 +226,10 @@ class LCFinetuner:
         import torch
 
         torch.manual_seed(self.cfg.seed)
-        self.model = build_hubert(self.source.checkpoint).to(self.device).train()
+        family, ckpt = self.source.family, self.source.checkpoint  # the sampled depth replaces LayerDrop
+        self.model = family.trained_model(ckpt).to(self.device).train()
         self.model.feature_extractor.requires_grad_(False)  # the front end stays as it is (s3prl freezes it)
-        self.teacher = build_hubert(self.source.checkpoint).to(self.device).eval().requires_grad_(False)
+        self.teacher = family.trained_model(ckpt).to(self.device).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 

@@ -176,14 +176,14 @@ def masked_accuracy_by_depth(ckpts: Dict[str, str], corpus, seed: int = 0) -> Di
     head) from the output of the first k layers through the exit norm, k = 1..L (``pretrain.train.evaluate``)."""
     import torch
 
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import load_family_checkpoint
     from ..pretrain.train import evaluate
     from ..superb.intervals import wilson_interval
-    from .finetune import build_hubert
 
     out = {}
     for name, path in ckpts.items():
-        model = build_hubert(load_checkpoint(path))
+        family, ckpt = load_family_checkpoint(path)
+        model = family.trained_model(ckpt)
         out[name] = {k: evaluate(model, corpus, seed, torch.device("cpu"), depth=k) for k in range(1, N_LAYERS + 1)}
         for row in out[name].values():  # frames are correlated within a clip: the interval is optimistic
             n = row["val_masked_frames"]

@@ -3,7 +3,7 @@
 A pre-LN encoder (``layer_norm_first``) applies ``encoder.layer_norm`` after its last layer, so the model
 cut to ``k`` layers ends with the exit norm the layer-consistent training used at depth ``k``
 (:func:`~s3prl_redundancy.layer_consistency.encode_to_depth`); a post-LN encoder has no exit norm. The cut
-is :func:`~s3prl_redundancy.layer_pruning.prune_checkpoint` with ``keep_layers = 0 .. k-1``, so s3prl's
+is :func:`~s3prl_redundancy.compression.layers.prune_checkpoint` with ``keep_layers = 0 .. k-1``, so s3prl's
 own expert runs it and ``hidden_states`` keeps the family's meaning (``k + 1`` entries).
 """
 
@@ -49,7 +49,7 @@ def read_depth(model_config: Union[None, str, Path, Mapping[str, Any], int]) -> 
 def sli_checkpoint(ckpt: Mapping[str, Any], depth: Optional[int], source: str = "", family: str = "hubert") -> Dict[str, Any]:
     """``ckpt`` cut to its first ``depth`` layers (all if None); the run's metadata records the depth."""
     from ..families import FAMILIES
-    from ..layer_pruning import prune_checkpoint
+    from ..compression.layers import prune_checkpoint
 
     n_layers = FAMILIES[family].num_layers(ckpt)
     if depth is None:

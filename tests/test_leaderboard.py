@@ -196,8 +196,8 @@ def test_rebuild_from_run_json(tmp_path):
     rows = {r["upstream"]: r for r in data["rows"]}
     assert rows["crashed"]["ks_acc"] is None and rows["base"]["capacity_avg"] == 1.0 and data["reference"] == "base"
     md = Path(paths["md"]).read_text()
-    assert "| **base** | 96.00 | 80.00 | 65.00 | 6.00 |" in md
-    assert "| crashed | failed | n/a | n/a | 100.00 |" in md and str(log) in md
+    assert "| **base** | 96.0 | 80.0 | 65.0 | 6.0 |" in md
+    assert "| crashed | failed | n/a | n/a | 100.0 |" in md and str(log) in md
     assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # another reference; an unknown one lists the upstreams that have runs

@@ -333,7 +333,8 @@ def _lr_search_text(search: Mapping[str, Mapping[str, Any]]) -> str:
     for task, s in sorted(search.items(), key=lambda kv: TASKS[kv[0]].order):
         scores = ", ".join(f"{t['rate']:g}: {t['value']:.4g}" if t.get("value") is not None else f"{t['rate']:g}: n/a"
                            for t in s.get("trials", []))
-        parts.append(f"{task}: {s['chosen']:g} by best {s.get('split')} {s.get('metric')} ({scores})")
+        chosen = f"{s['chosen']:g}" if s.get("chosen") is not None else "recipe's rate (no exploration scored)"
+        parts.append(f"{task}: {chosen} by best {s.get('split')} {s.get('metric')} ({scores})")
     return "; ".join(parts)
 
 

@@ -38,14 +38,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..io import OutputDir
 from . import recipe_files as rf
 from . import results as res
 from .launch import LaunchFunction, Launcher, LaunchRequest, as_launcher, s3prl_command
-from .leaderboard import COST_JSON, FILES
-from .planning import RunPlan, SuperbOptions, check_existing, plan_runs, resolve_data, validate_upstreams
+from .leaderboard import COST_JSON, FILES, LR_TRIAL
+from .planning import (
+    RunPlan, SuperbOptions, check_existing, choose_rates, plan_lr_trials, plan_runs, resolve_data, validate_upstreams,
+)
 from .runs import (
     RECIPE_NAME, RUN_FORMAT, RUNS_DIR, SID_CACHE_NAME, STATUS_FAILED, STATUS_FINISHED, STATUS_INTERRUPTED,
     STATUS_PLANNED, STATUS_TESTING, STATUS_TRAINING, SUPERB_FORMAT, SUPERB_JSON, TEST_LOG, TRAIN_LOG,
@@ -152,6 +154,7 @@ def _new_record(plan: RunPlan, opts: SuperbOptions) -> Dict[str, Any]:
         "wall_seconds": 0.0,
         "created_at": now(),
         "versions": {"s3prl": s3prl_version, "python": platform.python_version()},
+        **({LR_TRIAL: dict(plan.trial)} if plan.trial else {}),
     }
 
 
@@ -212,8 +215,15 @@ class _Step:
                                  learning_rate=plan.learning_rate, test_fold=plan.fold, datarc=plan.datarc, force=True)
         record["recipe"] = {k: recipe[k] for k in ("config_path", "sha256", "recipe_source", "changes")}
         record["learning_rate"] = {"override": plan.learning_rate, "effective": recipe["effective_learning_rate"],
-                                   "official": recipe["official_learning_rate"]}
+                                   "official": recipe["official_learning_rate"],
+                                   **({"search": plan.search} if plan.search else {})}
         if not record["train"].get("done") and not self.train(recipe["config_path"]):
+            return
+        if plan.trial:  # an exploration of the learning-rate search is scored on dev during training, not tested
+            dev = record.get("dev_best")
+            record.update(status=STATUS_FINISHED, error=None, finished_at=now())
+            self.report(f"explored lr {plan.learning_rate:g}: best {TASKS[plan.task].dev_split} "
+                        f"{TASKS[plan.task].metric} " + (f"{dev['value']:.4g} at step {dev['step']}" if dev else "none"))
             return
         self.test()
 
@@ -378,14 +388,35 @@ def _run_all(plans: List[RunPlan], opts: SuperbOptions, launcher: Launcher) -> L
         printer.close()
 
 
+def _delete_replaced(replace: Sequence[RunPlan]) -> None:
+    for plan in replace:
+        print(f"force: deleting {plan.run_dir} (recorded with another configuration)", flush=True)
+        shutil.rmtree(plan.run_dir)
+
+
+def _search_rates(trials: List[RunPlan], opts: SuperbOptions, launcher: Launcher) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    """Run the exploration runs of the learning-rate search and choose each upstream x task's rate."""
+    print(f"learning-rate search: {len(trials)} exploration run(s) of {trials[0].trial['steps']}+ steps, scored on dev",
+          flush=True)
+    searches = choose_rates(trials, _run_all(trials, opts, launcher))
+    for (label, task), search in searches.items():
+        scores = ", ".join(f"{t['rate']:g}: {'n/a' if t['value'] is None else format(t['value'], '.4g')}"
+                           for t in search["trials"])
+        chosen = f"{search['chosen']:g}" if search["chosen"] is not None else "none scored, the recipe's rate"
+        print(f"  {label}/{task}: best {search['split']} {search['metric']} ({scores}) -> lr {chosen}", flush=True)
+    return searches
+
+
 def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, None] = None,
                validate_hub: bool = True) -> Dict[str, Any]:
     """Run (or resume) every upstream x task of ``opts``; write the leaderboard at the end.
 
+    With ``opts.lr_search`` the exploration runs of the learning-rate search run first (:func:`.planning.plan_lr_trials`)
+    and every full run trains at the rate chosen on dev (:func:`.planning.choose_rates`).
     ``launcher``: a :class:`~.launch.Launcher` (default: :class:`~.launch.SubprocessLauncher`) or a function
     ``(command, log, cwd, env) -> status``. Returns ``{"runs": [run.json records in plan order], "failed": [...],
-    "leaderboard": {...} or None}``. Bad input raises :class:`UserInputError` before anything runs; a crash
-    inside s3prl only fails its run.
+    "lr_search": {"label:task": search}, "leaderboard": {...} or None}``. Bad input raises :class:`UserInputError`
+    before anything runs; a crash inside s3prl only fails its run.
     """
     opts.validate()
     if opts.device.startswith("cuda"):
@@ -396,23 +427,30 @@ def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, No
     if validate_hub:
         validate_upstreams(opts.upstreams)
     datarc, data_info = resolve_data(opts.data_root, opts.tasks, opts.er_folds, opts.datarc_overrides)
-    plans = plan_runs(opts, datarc, data_info)
-    replace = check_existing(plans, opts.force)
+    trials = plan_lr_trials(opts, datarc, data_info)
+    plans = [] if trials else plan_runs(opts, datarc, data_info)
+    replace = check_existing(trials or plans, opts.force)
     out.prepare()
     out.record(RUNS_DIR)
     _update_superb_json(opts, out, data_info)
-    for plan in replace:
-        print(f"force: deleting {plan.run_dir} (recorded with another configuration)", flush=True)
-        shutil.rmtree(plan.run_dir)
-    print(f"SUPERB: {len(opts.upstreams)} upstream(s) x {len(opts.tasks)} task(s) = {len(plans)} run(s) "
+    _delete_replaced(replace)
+    runs = len(opts.upstreams) * sum(len(opts.er_folds) if TASKS[t].folds else 1 for t in opts.tasks)
+    print(f"SUPERB: {len(opts.upstreams)} upstream(s) x {len(opts.tasks)} task(s) = {runs} run(s) "
           f"({'ER folds ' + ','.join(f[4:] for f in opts.er_folds) if 'er' in opts.tasks else 'no ER'}), profile "
           f"{opts.profile}, device {opts.device}, data {data_info['kind']} at {data_info['root']}, out {opts.out}",
           flush=True)
-    records = _run_all(plans, opts, as_launcher(launcher))
+    launcher = as_launcher(launcher)
+    searches: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    if trials:
+        searches = _search_rates(trials, opts, launcher)
+        plans = plan_runs(opts, datarc, data_info, searches)
+        _delete_replaced(check_existing(plans, opts.force))
+    records = _run_all(plans, opts, launcher)
     failed = [r for r in records if r.get("status") != STATUS_FINISHED]
-    summary: Dict[str, Any] = {"runs": records, "failed": failed, "leaderboard": None}
+    summary: Dict[str, Any] = {"runs": records, "failed": failed, "leaderboard": None,
+                               "lr_search": {f"{label}:{task}": s for (label, task), s in searches.items()}}
     if opts.leaderboard:
-        from .leaderboard import COST_JSON, FILES, build_leaderboard, write_leaderboard
+        from .leaderboard import build_leaderboard, write_leaderboard
 
         board = build_leaderboard(opts.out, reference=opts.reference, device=opts.device,
                                   cost_seconds=opts.cost_seconds, cost_repeats=opts.cost_repeats, threads=opts.threads)

@@ -643,6 +643,8 @@ def test_lr_search_explores_on_dev_then_trains_at_the_best_rate(fake, monkeypatc
               "small/er-fold1-lr1e-02", "small/er-fold1-lr1e-03"]
     assert launcher.runs("train")[:6] == trials
     assert not any("-lr" in r for r in launcher.runs("evaluate"))
+    # every evaluation names its device (s3prl's -m evaluate -e CKPT would otherwise default to cuda)
+    assert all(c["args"][c["args"].index("--device") + 1] == "cpu" for c in launcher.calls if c["mode"] == "evaluate")
     trial = yaml.safe_load((tmp_path / "exp/runs/base/ks-lr1e-04/recipe.yaml").read_text())
     assert trial["runner"]["total_steps"] == 3 and trial["runner"]["eval_step"] == 3 and trial["optimizer"]["lr"] == 1e-4
     record = json.loads((tmp_path / "exp/runs/base/ks-lr1e-04/run.json").read_text())

@@ -302,6 +302,8 @@ class _Step:
         split = TASKS[plan.task].evaluate_split
         log_file = expdir / "log.log"
         offset = log_file.stat().st_size if log_file.is_file() else 0
+        # --device explicitly: s3prl keeps the command line's device (default cuda) when resuming from -e CKPT, so
+        # without it an evaluation on a CPU machine fails with "Torch not compiled with CUDA enabled"
         args = ["-m", "evaluate", "-t", split, "-e", str(ckpt), "-o", f"args.expdir={self.expdir_arg!r}",
                 "--device", self.opts.device]
         code, start = self._launch("test", args, test_log, f"testing {kind} checkpoint {ckpt.name} on {split}",

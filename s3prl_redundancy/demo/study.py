@@ -1,6 +1,7 @@
 """The stages of the demo study. Each stage runs one ``s3prl-redundancy`` command (the command a user would
-type, printed before it runs) and is skipped when its output already exists, so a second run reuses
-finished stages and an interrupted run continues where it stopped."""
+type, printed before it runs), except the keyword probe (:mod:`.probe`, computed in this process), and is
+skipped when its output already exists, so a second run reuses finished stages and an interrupted run
+continues where it stopped."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import UserInputError
+from ..io import atomic_write_text
+from . import probe
 
 PRUNE_STRATEGIES = ("block-influence", "backward")
 
@@ -66,6 +69,18 @@ def _run(plan: StudyPlan, name: str, argv: List[str], done: Path) -> None:
     plan.log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1), "output": str(done)})
 
 
+def _run_step(plan: StudyPlan, name: str, step, done: Path) -> None:
+    """A stage computed in this process (no command of its own), reused like the others when ``done`` exists."""
+    if done.exists():
+        print(f"[demo] {name}: done earlier ({done}), reused", flush=True)
+        plan.log.append({"stage": name, "status": "reused", "output": str(done)})
+        return
+    print(f"[demo] {name}", flush=True)
+    start = time.time()
+    step()
+    plan.log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1), "output": str(done)})
+
+
 def check_source_available(plan: StudyPlan) -> None:
     """Fail fast (before any stage) where real weights cannot be downloaded."""
     if plan.upstream == "tiny_hubert":
@@ -114,6 +129,16 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
         distill += ["--report-repeats", "2"]
     _run(plan, "distill", distill, paths["distilled"] / "student.pt")
 
+    probe_upstreams = {"original": (plan.upstream, None),
+                       **{f"pruned_{s.replace('-', '_')}": (f"pruned_{_family(plan)}", str(f / "pruned.pt"))
+                          for s, f in pruned.items()},
+                       "distilled": (f"distilled_{_family(plan)}", str(paths["distilled"] / "student.pt"))}
+    paths["probe"] = out / "probe"
+    voices = probe.QUICK_VOICES if plan.quick else probe.VOICES
+    _run_step(plan, f"probe (KS, {voices} unseen voices)",
+              lambda: probe.measure(probe_upstreams, "original", paths["probe"], voices=voices, device=plan.device),
+              paths["probe"] / probe.RESULT)
+
     labels = [f"original={plan.upstream}"]
     upstream_args = []
     for strategy, folder in pruned.items():
@@ -130,7 +155,7 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
         superb += ["--recipe-override", "runner.total_steps=6", "--recipe-override", "runner.eval_step=3",
                    "--recipe-override", "runner.save_step=3", "--cost-repeats", "2"]
     _run(plan, "superb + leaderboard", superb, paths["superb"] / "leaderboard.json")
-    (out / "stages.json").write_text(json.dumps(plan.log, indent=2) + "\n")
+    atomic_write_text(out / "stages.json", json.dumps(plan.log, indent=2) + "\n")
     return paths
 
 

@@ -30,6 +30,7 @@ class StudyPlan:
     device: str = "cpu"
     prune_ratio: float = 0.4
     strategies: tuple = PRUNE_STRATEGIES
+    probe_voices: Optional[int] = None  # voices of the measured keyword probe (default: probe.VOICES, quick: QUICK_VOICES)
     log: List[Dict] = field(default_factory=list)
 
     @property
@@ -134,7 +135,7 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
                           for s, f in pruned.items()},
                        "distilled": (f"distilled_{_family(plan)}", str(paths["distilled"] / "student.pt"))}
     paths["probe"] = out / "probe"
-    voices = probe.QUICK_VOICES if plan.quick else probe.VOICES
+    voices = plan.probe_voices or (probe.QUICK_VOICES if plan.quick else probe.VOICES)
     _run_step(plan, f"probe (KS, {voices} unseen voices)",
               lambda: probe.measure(probe_upstreams, "original", paths["probe"], voices=voices, device=plan.device),
               paths["probe"] / probe.RESULT)

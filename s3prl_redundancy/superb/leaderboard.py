@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import UserInputError
-from ..io import atomic_write_json, atomic_write_text, json_ready, read_json, save_figure
+from ..io import atomic_write_json, atomic_write_text, json_ready, read_json
 from . import results as res
 from .runs import RUN_JSON, RUNS_DIR, STATUS_FINISHED, read_run_json, read_superb_json
 from .tasks import TASK_ORDER, TASKS

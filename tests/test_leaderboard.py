@@ -393,3 +393,6 @@ def test_rebuilt_leaderboard_is_byte_identical(tmp_path):
     assert first == second
     data = json.loads(first["json"])
     assert data["intervals"]["other"]["capacity"]["ks"]["verdict"] == "distinguishable"
+    scores = data["intervals"]["base"]["scores"]
+    assert scores["ks"]["method"] == "wilson" and scores["er"]["method"].startswith("bootstrap(2000, seed=2)")
+    assert len(data["intervals"]["base"]["er_folds"]["folds"]) == 2

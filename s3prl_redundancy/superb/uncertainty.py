@@ -70,8 +70,8 @@ def _seed(task: str, seed: int) -> int:
 
 def score_interval(task: str, items: iv.ItemScores, seed: int = SEED, resamples: int = RESAMPLES) -> iv.Interval:
     """The task score in percent with its 95 % interval (Wilson for one set of accuracy items, else bootstrap)."""
-    if items.metric == "acc" and np.all(items.denom == items.denom[0]):
-        frac = iv.wilson_interval(int(round(float(items.numer.sum() / items.denom[0]))), len(items), LEVEL)
+    if items.metric == "acc" and np.all(items.denom == 1.0):  # one set of unweighted items (not pooled folds)
+        frac = iv.wilson_interval(int(items.numer.sum()), len(items), LEVEL)
         return iv.Interval(100 * frac.point, 100 * frac.low, 100 * frac.high, LEVEL, "wilson")
     return iv.bootstrap_interval(items, resamples, _seed(task, seed), LEVEL)
 

@@ -128,8 +128,9 @@ def build_blocks(out: Path, plan_log: Sequence[Dict], upstream: str) -> List[Blo
             blocks.append(("img", png, png.stem.replace("_", " ")))
     blocks += _probe_blocks(out) + _leaderboard_blocks(out)
     blocks += [("h2", "How this was made"),
-               ("table", ["stage", "status", "seconds"],
-                [[e["stage"], e["status"], str(e.get("seconds", ""))] for e in plan_log])]
+               ("table", ["stage", "status", "wall seconds", "CPU seconds"],
+                [[e["stage"], e["status"], f"{e['seconds']:,.1f}" if "seconds" in e else "",
+                  f"{e['cpu_seconds']:,.1f}" if "cpu_seconds" in e else ""] for e in plan_log])]
     return blocks
 
 

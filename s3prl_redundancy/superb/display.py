@@ -182,7 +182,9 @@ def plot_pareto(data: Mapping[str, Any], path: Union[str, Path]) -> Path:
             yerr = None if _missing(low) or _missing(high) else [[max(0.0, y - low)], [max(0.0, high - y)]]
             ax.errorbar([x], [y], yerr=yerr, fmt="o", ms=9 if on else 6, capsize=4, zorder=3,
                         color="C3" if on else "C0", mec="black" if r["upstream"] == ref else "none")
-            ax.annotate(r["upstream"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            text = r["upstream"] if _missing(r.get("superb_score")) else \
+                f"{r['upstream']} (SUPERB {fmt_interval(r['superb_score'], decimals=0)})"
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         pts = sorted((x, y) for x, y, on in zip(xs, ys, front) if on)
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C3", linestyle="--", zorder=2, label="Pareto front")
@@ -194,8 +196,10 @@ def plot_pareto(data: Mapping[str, Any], path: Union[str, Path]) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"average capacity kept (vs {ref})")
         ax.grid(True, alpha=0.3)
-    fig.suptitle("SUPERB: average capacity kept (95 % paired interval) vs cost (red: Pareto front, black edge: reference)",
-                 fontsize=10)
+    tasks = {r.get("superb_score_tasks") for r in rows if r.get("superb_score_tasks")}
+    over = f"; SUPERB score over {tasks.pop()}" if len(tasks) == 1 else ""
+    fig.suptitle("SUPERB: average capacity kept (95 % paired interval) vs cost (red: Pareto front, black edge: "
+                 f"reference{over})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 

@@ -33,8 +33,11 @@ def synthetic_probe(monkeypatch):
     import s3prl_redundancy.pretrain.data as data
 
     monkeypatch.setattr(data, "ks_probe_set", lambda n_voices, seed, workers: items)
-    monkeypatch.setattr(probe, "layer_averaged_features",
-                        lambda entry, ckpt, wavs, device="cpu": noisy if entry == "noisy" else clean)
+    def features(entry, ckpt, wavs, device="cpu"):
+        x = noisy if entry == "noisy" else clean
+        return {"all": x, "last": x[:, :4]}  # the last hidden state alone: half the information
+
+    monkeypatch.setattr(probe, "probe_features", features)
     return {"original": ("clean", None), "copy": ("clean", None), "noisy": ("noisy", None)}
 
 
@@ -52,11 +55,16 @@ def test_probe_pairs_the_same_test_clips_and_writes_s3prl_files(synthetic_probe,
     assert rows["noisy"]["accuracy"]["point"] == pytest.approx(com.value())
     assert rows["noisy"]["capacity"]["point"] == pytest.approx(com.value() / ref.value())
     assert rows["noisy"]["capacity"]["point"] < 1.0
-    half = max(rows["noisy"]["capacity"]["point"] - rows["noisy"]["capacity"]["low"],
-               rows["noisy"]["capacity"]["high"] - rows["noisy"]["capacity"]["point"])
+    caps = [rows[n]["capacity"] if k == "all" else rows[n]["last_layer"]["capacity"]
+            for n in ("copy", "noisy") for k in ("all", "last")]
+    half = max(max(c["point"] - c["low"], c["high"] - c["point"]) for c in caps)  # over both views
     assert record["widest_capacity_half_width"] == pytest.approx(half)
     assert record["meets_width_goal"] == (half <= 0.05)
     assert json.loads((tmp_path / probe.RESULT).read_text()) == json.loads(json.dumps(record))
+    # the second view, the last hidden state alone, has its own files and paired intervals
+    last = iv.accuracy_items(tmp_path / "noisy" / "last" / "test_predict.txt", tmp_path / "noisy" / "last" / "test_truth.txt")
+    assert rows["noisy"]["last_layer"]["accuracy"]["point"] == pytest.approx(last.value())
+    assert rows["copy"]["last_layer"]["capacity"]["verdict"] == "indistinguishable"
 
 
 def test_report_separates_measurement_from_pipeline_check(synthetic_probe, tmp_path):
@@ -70,7 +78,8 @@ def test_report_separates_measurement_from_pipeline_check(synthetic_probe, tmp_p
     sections = {s.splitlines()[0]: s for s in re.split(r"^## ", md, flags=re.M)[1:]}
     measured = sections["4. Measured: capacity kept on keyword spotting, unseen voices"]
     assert "300 test clips (30 voices)" in measured and "paired 95 % bootstrap" in measured
-    assert re.search(r"\| noisy \| \d+\.\d \[\d+\.\d, \d+\.\d\] \| 0\.\d\d \[0\.\d\d, \d\.\d\d\] \|", measured)
+    interval = r"\d+\.\d \[\d+\.\d, \d+\.\d\] \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \| (in)?distinguishable"
+    assert re.search(rf"\| noisy \| {interval} \| {interval} \|", measured)  # both views
     assert "| copy | " in measured and "| 1.00 [1.00, 1.00] |" in measured and "indistinguishable" in measured
     check = sections["5. Pipeline check: SUPERB tasks through s3prl's run_downstream"]
     assert "not a measurement" in check and "SUPERB score over KS, ER, ASR" in check

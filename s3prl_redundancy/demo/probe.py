@@ -11,8 +11,10 @@ train the probe, the other half are the test items, the same clips for every ups
 *paired* comparison (:func:`..superb.intervals.paired_capacity`).
 
 The probe, identical for every upstream: each hidden state pooled over time (mean and standard deviation,
-:func:`..probes.pooled_features`), averaged over the hidden states (the weights s3prl's featurizer starts from),
-then a standardised logistic regression. Predictions are written as s3prl's KS expert writes them
+:func:`..probes.pooled_features`), then a standardised logistic regression, on two views (:data:`VIEWS`): the
+average over all hidden states (the weights s3prl's featurizer starts from; the headline) and the last hidden
+state alone (what the compressed stack itself keeps, without the front end's output that compression leaves
+unchanged). Predictions are written as s3prl's KS expert writes them
 (``test_predict.txt`` / ``test_truth.txt``), so the intervals come from the same reader as the leaderboard's.
 """
 
@@ -35,14 +37,21 @@ WIDTH_GOAL = 0.05
 """The half-width of the 95 % capacity interval the demo promises (5 points of capacity)."""
 
 
-def layer_averaged_features(entry: str, ckpt: Optional[str], wavs: Sequence[np.ndarray], device: str = "cpu") -> np.ndarray:
-    """``(clips, 2 D)``: mean+std pooled hidden states of the upstream, averaged over its hidden states."""
+VIEWS = {"all": "all hidden states, averaged (as SUPERB's weighted sum starts)",
+         "last": "the last hidden state only (the transformer stack's output)"}
+"""What the probe reads. ``all`` is the headline (SUPERB's featurizer sees every hidden state, the front end's
+output included, which pruning and distillation keep unchanged); ``last`` shows what the compressed transformer
+stack itself keeps."""
+
+
+def probe_features(entry: str, ckpt: Optional[str], wavs: Sequence[np.ndarray], device: str = "cpu") -> Dict[str, np.ndarray]:
+    """``{view: (clips, 2 D)}`` mean+std pooled hidden states of the upstream (:data:`VIEWS`)."""
     from ..probes import pooled_features
     from ..upstream_loading import load_upstream
 
     upstream = load_upstream(entry, ckpt, None, device=device)
     per_layer = pooled_features(upstream, list(wavs), batch_size=16, device=device, pooling="mean+std")
-    return np.mean(per_layer, axis=0)
+    return {"all": np.mean(per_layer, axis=0), "last": per_layer[-1]}
 
 
 def fit_predict(features: np.ndarray, labels: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -63,11 +72,30 @@ def _write_predictions(folder: Path, names: Sequence[str], truth: Sequence[str],
     return Path(predict), Path(truth_path)
 
 
+def _view_rows(found: Mapping[str, iv.ItemScores], folders: Mapping[str, Path], reference: str,
+               seed: int) -> Dict[str, Dict[str, Any]]:
+    """Accuracy (Wilson) and, against ``reference``, paired capacity kept of every upstream in one view."""
+    rows = {}
+    for label, items_of in found.items():
+        acc = iv.accuracy_interval(folders[label] / "test_predict.txt", folders[label] / "test_truth.txt")
+        row: Dict[str, Any] = {"accuracy": acc.to_dict()}
+        if label != reference:
+            row["capacity"] = iv.paired_capacity(found[reference], items_of, RESAMPLES, seed).to_dict()
+        rows[label] = row
+    return rows
+
+
+def _half_width(rows: Mapping[str, Mapping[str, Any]]) -> float:
+    caps = [r["capacity"] for r in rows.values() if "capacity" in r]
+    return max((max(c["point"] - c["low"], c["high"] - c["point"]) for c in caps), default=float("nan"))
+
+
 def measure(upstreams: Mapping[str, Tuple[str, Optional[str]]], reference: str, out: Path,
             voices: int = VOICES, device: str = "cpu", seed: int = 0, workers: int = 2) -> Dict[str, Any]:
-    """Probe every upstream (``{label: (hub entry, ckpt)}``) on the same clips; write per-upstream prediction
-    files and ``probe.json`` (accuracy with its Wilson interval, capacity kept against ``reference`` with its
-    paired bootstrap interval and verdict) in ``out``; return the record."""
+    """Probe every upstream (``{label: (hub entry, ckpt)}``) on the same clips, in both :data:`VIEWS`; write
+    per-upstream prediction files (``out/<label>/`` for ``all``, ``out/<label>/last/``) and ``probe.json``
+    (accuracy with its Wilson interval, capacity kept against ``reference`` with its paired bootstrap interval
+    and verdict); return the record."""
     from ..pretrain.data import ks_probe_set
     from ..probes import group_split
 
@@ -77,27 +105,26 @@ def measure(upstreams: Mapping[str, Tuple[str, Optional[str]]], reference: str, 
     groups = [voice for _, _, voice in items]
     train, _ = group_split(groups, test_fraction=0.5, seed=seed)
     names = [f"voice{voice:03d}_{word}.wav" for (_, word, voice), is_train in zip(items, train) if not is_train]
-    found = {}
+    found: Dict[str, Dict[str, iv.ItemScores]] = {view: {} for view in VIEWS}
+    folders = {view: {label: out / label / ("" if view == "all" else view) for label in upstreams} for view in VIEWS}
     for label, (entry, ckpt) in upstreams.items():
-        predicted = fit_predict(layer_averaged_features(entry, ckpt, wavs, device), labels, train)
-        found[label] = iv.accuracy_items(*_write_predictions(out / label, names, labels[~train], predicted))
-    rows = {}
-    for label, items_of in found.items():
-        acc = iv.accuracy_interval(out / label / "test_predict.txt", out / label / "test_truth.txt")
-        row: Dict[str, Any] = {"accuracy": acc.to_dict()}
-        if label != reference:
-            row["capacity"] = iv.paired_capacity(found[reference], items_of, RESAMPLES, seed).to_dict()
-        rows[label] = row
-    widest = max((max(r["capacity"]["point"] - r["capacity"]["low"], r["capacity"]["high"] - r["capacity"]["point"])
-                  for r in rows.values() if "capacity" in r), default=float("nan"))
+        for view, features in probe_features(entry, ckpt, wavs, device).items():
+            predicted = fit_predict(features, labels, train)
+            files = _write_predictions(folders[view][label], names, labels[~train], predicted)
+            found[view][label] = iv.accuracy_items(*files)
+    rows = _view_rows(found["all"], folders["all"], reference, seed)
+    last = _view_rows(found["last"], folders["last"], reference, seed)
+    for label in rows:
+        rows[label]["last_layer"] = last[label]
+    widest = max(_half_width(rows), _half_width(last))
     record = {"task": "keyword spotting (10 words), frozen-feature linear probe", "reference": reference,
               "voices": voices, "train_clips": int(train.sum()), "test_clips": int((~train).sum()),
               "test_voices": len({g for g, t in zip(groups, train) if not t}), "chance": 0.1,
-              "pooling": "mean+std over time, averaged over hidden states", "seed": seed, "level": 0.95,
+              "pooling": "mean+std over time", "views": VIEWS, "seed": seed, "level": 0.95,
               "widest_capacity_half_width": widest, "width_goal": WIDTH_GOAL,
               "meets_width_goal": bool(widest <= WIDTH_GOAL), "rows": rows}
     atomic_write_json(out / RESULT, record)
     return record
 
 
-__all__ = ["VOICES", "QUICK_VOICES", "RESULT", "WIDTH_GOAL", "layer_averaged_features", "fit_predict", "measure"]
+__all__ = ["VOICES", "QUICK_VOICES", "RESULT", "WIDTH_GOAL", "VIEWS", "probe_features", "fit_predict", "measure"]

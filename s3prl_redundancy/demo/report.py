@@ -16,33 +16,38 @@ from typing import Dict, List, Sequence, Tuple
 Block = Tuple  # ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", path, caption)
 
 
-def _probe_blocks(out: Path) -> List[Block]:
-    """The measurement: capacity kept by the keyword probe on unseen voices, with its paired intervals."""
+def _probe_cells(r) -> List[str]:
     from ..superb.display import fmt_interval
 
+    acc, cap = r["accuracy"], r.get("capacity")
+    if cap is None:
+        return [fmt_interval(acc["point"], acc["low"], acc["high"]), "1 (reference)", "reference"]
+    return [fmt_interval(acc["point"], acc["low"], acc["high"]), fmt_interval(cap["point"], cap["low"], cap["high"], 2),
+            cap["verdict"]]
+
+
+def _probe_blocks(out: Path) -> List[Block]:
+    """The measurement: capacity kept by the keyword probe on unseen voices, with its paired intervals."""
     path = out / "probe" / "probe.json"
     if not path.is_file():
         return []
     p = json.loads(path.read_text())
-    rows = []
-    for label, r in p["rows"].items():
-        acc, cap = r["accuracy"], r.get("capacity")
-        rows.append([label, fmt_interval(acc["point"], acc["low"], acc["high"]),
-                     "1 (reference)" if cap is None else fmt_interval(cap["point"], cap["low"], cap["high"], 2),
-                     "-" if cap is None else fmt_interval(cap["difference"]["point"], cap["difference"]["low"],
-                                                          cap["difference"]["high"]),
-                     "reference" if cap is None else cap["verdict"]])
-    goal = (f"The widest interval reaches {100 * p['widest_capacity_half_width']:.1f} points from its estimate "
-            f"(goal: at most {100 * p['width_goal']:.0f}; {'met' if p['meets_width_goal'] else 'NOT met'}).")
+    rows = [[label, *_probe_cells(r), *_probe_cells(r["last_layer"])] for label, r in p["rows"].items()]
+    goal = (f"The widest capacity interval reaches {100 * p['widest_capacity_half_width']:.1f} points from its "
+            f"estimate (goal: at most {100 * p['width_goal']:.0f}; {'met' if p['meets_width_goal'] else 'NOT met'}).")
+    ref = p["reference"]
     return [("h2", "4. Measured: capacity kept on keyword spotting, unseen voices"),
             ("p", f"This is the study's measurement. {p['test_clips']:,} test clips ({p['test_voices']} voices) of the "
-                  f"10 command words, spoken by espeak-ng voice variants that {p['reference']}'s pretraining never "
-                  f"used; a linear probe ({p['pooling']}) trained on {p['train_clips']:,} clips of the other voices, "
-                  "identical for every upstream. Accuracy: 95 % Wilson interval. Capacity kept = accuracy / the "
-                  "original's accuracy, with a paired 95 % bootstrap interval (same test clips for both); "
-                  "'indistinguishable': the interval of the accuracy difference contains 0. " + goal),
-            ("table", ["upstream", "KS probe accuracy % (95 % CI)", "capacity kept (paired 95 % CI)",
-                       "accuracy difference, points (95 % CI)", f"vs {p['reference']}"], rows)]
+                  "10 command words, spoken by espeak-ng voice variants that pretraining never used; a linear probe "
+                  f"({p['pooling']}) trained on {p['train_clips']:,} clips of the other voices, identical for every "
+                  f"upstream (chance {100 * p['chance']:.0f} %). Two views: {p['views']['all']}, and "
+                  f"{p['views']['last']}; the first includes the front end's output, which pruning and distillation "
+                  "leave unchanged, the second shows what the compressed stack itself keeps. Accuracy: 95 % Wilson "
+                  f"interval. Capacity kept = accuracy / {ref}'s accuracy, with a paired 95 % bootstrap interval (the "
+                  "same test clips for both); 'indistinguishable': the interval of the accuracy difference contains 0. "
+                  + goal),
+            ("table", ["upstream", "accuracy % (all hidden states)", "capacity kept", f"vs {ref}",
+                       "accuracy % (last hidden state)", "capacity kept", f"vs {ref}"], rows)]
 
 
 def _leaderboard_blocks(out: Path) -> List[Block]:

@@ -57,7 +57,8 @@ def test_every_report_section_has_content(demo_out):
         assert re.search(rf"\| {name} \| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", sections[4]), name
     assert "SUPERB score over KS, SID" in sections[4] and "not a measurement" in sections[4]
     # no capacity above 1 without its interval, and parameters with thousands separators
-    for value in re.findall(r"\| (\d+\.\d\d)( \[[^\]]+\])? \|", sections[4]):
+    capacity = sections[4].split("Capacity kept relative to")[1].split("Cost")[0]
+    for value in re.findall(r"\| (\d+\.\d\d)( \[[^\]]+\])? \|", capacity):
         assert float(value[0]) <= 1.0 or value[1], value
     assert re.search(r"\| original \| \d{1,3}(,\d{3})+ \|", sections[4])
 
@@ -73,7 +74,7 @@ def test_headline_table_is_a_measurement_with_paired_intervals(demo_out):
     for name in ("pruned_block_influence", "pruned_backward", "distilled"):
         cap = probe["rows"][name]["capacity"]
         assert cap["low"] <= cap["point"] <= cap["high"] and cap["verdict"] in ("indistinguishable", "distinguishable")
-        interval = r"\d+\.\d \[\d+\.\d, \d+\.\d\] \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \| (in)?distinguishable"
+        interval = r"\d+\.\d \[\d+\.\d, \d+\.\d\] \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \| (in)?distinguishable"
         assert re.search(rf"\| {name} \| {interval} \| {interval} \|", section), name  # both views
         for view in (cap, probe["rows"][name]["last_layer"]["capacity"]):
             if not QUICK:

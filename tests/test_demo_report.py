@@ -78,9 +78,9 @@ def test_report_separates_measurement_from_pipeline_check(synthetic_probe, tmp_p
     sections = {s.splitlines()[0]: s for s in re.split(r"^## ", md, flags=re.M)[1:]}
     measured = sections["4. Measured: capacity kept on keyword spotting, unseen voices"]
     assert "300 test clips (30 voices)" in measured and "paired 95 % bootstrap" in measured
-    interval = r"\d+\.\d \[\d+\.\d, \d+\.\d\] \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \| (in)?distinguishable"
+    interval = r"\d+\.\d \[\d+\.\d, \d+\.\d\] \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \| (in)?distinguishable"
     assert re.search(rf"\| noisy \| {interval} \| {interval} \|", measured)  # both views
-    assert "| copy | " in measured and "| 1.00 [1.00, 1.00] |" in measured and "indistinguishable" in measured
+    assert "| copy | " in measured and "| 1.000 [1.000, 1.000] |" in measured and "indistinguishable" in measured
     check = sections["5. Pipeline check: SUPERB tasks through s3prl's run_downstream"]
     assert "not a measurement" in check and "SUPERB score over KS, ER, ASR" in check
     assert re.search(r"\| other \| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", check)

@@ -22,7 +22,8 @@ def _probe_cells(r) -> List[str]:
     acc, cap = r["accuracy"], r.get("capacity")
     if cap is None:
         return [fmt_interval(acc["point"], acc["low"], acc["high"]), "1 (reference)", "reference"]
-    return [fmt_interval(acc["point"], acc["low"], acc["high"]), fmt_interval(cap["point"], cap["low"], cap["high"], 2),
+    # three decimals: these intervals are a point or two wide, two decimals would hide them
+    return [fmt_interval(acc["point"], acc["low"], acc["high"]), fmt_interval(cap["point"], cap["low"], cap["high"], 3),
             cap["verdict"]]
 
 

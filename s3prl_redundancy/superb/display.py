@@ -86,7 +86,7 @@ def scores_table(data: Mapping[str, Any], markup: bool = True) -> Table:
         superb = fmt_interval(r.get("superb_score"), r.get("superb_score_low"), r.get("superb_score_high"), 0)
         if not common and r.get("superb_score_tasks"):
             superb += f" over {r['superb_score_tasks']}"
-        cells += [superb, fmt_interval(r.get("superb_score_p"), decimals=2),
+        cells += [superb, fmt_interval(r.get("superb_score_p"), r.get("superb_score_p_low"), r.get("superb_score_p_high"), 2),
                   (r.get("learning_rates") or "-").replace(",", ", ")]
         body.append(cells)
     return ("Test scores (95 % intervals)", header, body)

@@ -50,7 +50,8 @@ CAPACITY_COLUMN = {t: f"capacity_{t}" for t in TASK_ORDER}
 COLUMNS = (
     ["upstream", "hub_entry"]
     + [c for t in TASK_ORDER for c in (SCORE_COLUMN[t], f"{SCORE_COLUMN[t]}_low", f"{SCORE_COLUMN[t]}_high")]
-    + ["superb_score", "superb_score_low", "superb_score_high", "superb_score_tasks", "superb_score_p"]
+    + ["superb_score", "superb_score_low", "superb_score_high", "superb_score_tasks", "superb_score_p",
+       "superb_score_p_low", "superb_score_p_high"]
     + [f"superb_{t}" for t in TASK_ORDER]
     + ["params_total", "params_stack", "macs_per_second", "latency_ms_per_second", "latency_device"]
     + [c for t in TASK_ORDER for c in (CAPACITY_COLUMN[t], f"{CAPACITY_COLUMN[t]}_low", f"{CAPACITY_COLUMN[t]}_high",
@@ -323,6 +324,8 @@ def _superb_columns(row: Dict[str, Any], superb: Optional[Mapping[str, Any]]) ->
     row["superb_score_low"], row["superb_score_high"] = interval.get("low", _nan()), interval.get("high", _nan())
     row["superb_score_tasks"] = ", ".join(superb["tasks"]) if superb else ""
     row["superb_score_p"] = superb["score_p"] if superb and superb["score_p"] is not None else _nan()
+    interval_p = (superb or {}).get("score_p_interval") or {}
+    row["superb_score_p_low"], row["superb_score_p_high"] = interval_p.get("low", _nan()), interval_p.get("high", _nan())
     for task in TASK_ORDER:
         row[f"superb_{task}"] = (superb or {}).get("task_scores", {}).get(task.upper(), _nan())
 

@@ -175,6 +175,10 @@ def plot_pareto(data: Mapping[str, Any], path: Union[str, Path]) -> Path:
         xs = [float("nan") if _missing(r.get(column)) else float(r[column]) / scale for r in rows]
         ys = [float("nan") if _missing(r.get("capacity_avg")) else float(r["capacity_avg"]) for r in rows]
         front = pareto_front(xs, ys)
+        finite = [(x, y) for x, y in zip(xs, ys) if not (math.isnan(x) or math.isnan(y))]
+        span_x = (max(p[0] for p in finite) - min(p[0] for p in finite)) or 1.0 if finite else 1.0
+        span_y = (max(p[1] for p in finite) - min(p[1] for p in finite)) or 1.0 if finite else 1.0
+        labelled: List[Tuple[float, float]] = []
         for x, y, r, on in zip(xs, ys, rows, front):
             if math.isnan(x) or math.isnan(y):
                 continue
@@ -184,7 +188,10 @@ def plot_pareto(data: Mapping[str, Any], path: Union[str, Path]) -> Path:
                         color="C3" if on else "C0", mec="black" if r["upstream"] == ref else "none")
             text = r["upstream"] if _missing(r.get("superb_score")) else \
                 f"{r['upstream']} (SUPERB {fmt_interval(r['superb_score'], decimals=0)})"
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            # a point close to an already labelled one (labels run ~40% of the x span) gets its label stacked below
+            near = sum(abs(x - lx) < 0.4 * span_x and abs(y - ly) < 0.05 * span_y for lx, ly in labelled)
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4 - 11 * near), fontsize=8)
+            labelled.append((x, y))
         pts = sorted((x, y) for x, y, on in zip(xs, ys, front) if on)
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C3", linestyle="--", zorder=2, label="Pareto front")

@@ -398,8 +398,8 @@ def _delete_replaced(replace: Sequence[RunPlan]) -> None:
 
 def _search_rates(trials: List[RunPlan], opts: SuperbOptions, launcher: Launcher) -> Dict[Tuple[str, str], Dict[str, Any]]:
     """Run the exploration runs of the learning-rate search and choose each upstream x task's rate."""
-    print(f"learning-rate search: {len(trials)} exploration run(s) of {trials[0].trial['steps']}+ steps, scored on dev",
-          flush=True)
+    steps = ", ".join(sorted({f"{p.task} {p.trial['steps']} steps" for p in trials}))
+    print(f"learning-rate search: {len(trials)} exploration run(s) ({steps}), scored on dev", flush=True)
     searches = choose_rates(trials, _run_all(trials, opts, launcher))
     for (label, task), search in searches.items():
         scores = ", ".join(f"{t['rate']:g}: {'n/a' if t['value'] is None else format(t['value'], '.4g')}"

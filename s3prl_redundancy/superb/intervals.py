@@ -85,7 +85,10 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> Interval:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, "wilson")
+    # the bound is exactly 0 at k = 0 (1 at k = n); the subtraction leaves a rounding residue like 3e-15
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Interval(p, low, high, level, "wilson")
 
 
 def clopper_pearson_interval(k: int, n: int, level: float = 0.95) -> Interval:

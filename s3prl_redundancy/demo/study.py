@@ -141,15 +141,7 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
         distill += ["--report-repeats", "2"]
     _run(plan, "distill", distill, paths["distilled"] / "student.pt")
 
-    probe_upstreams = {"original": (plan.upstream, None),
-                       **{f"pruned_{s.replace('-', '_')}": (f"pruned_{_family(plan)}", str(f / "pruned.pt"))
-                          for s, f in pruned.items()},
-                       "distilled": (f"distilled_{_family(plan)}", str(paths["distilled"] / "student.pt"))}
-    paths["probe"] = out / "probe"
-    voices = plan.probe_voices or (probe.QUICK_VOICES if plan.quick else probe.VOICES)
-    _run_step(plan, f"probe (KS, {voices} unseen voices)",
-              lambda: probe.measure(probe_upstreams, "original", paths["probe"], voices=voices, device=plan.device),
-              paths["probe"] / probe.RESULT)
+    paths["probe"] = _probe_stage(plan, pruned, paths["distilled"])
 
     labels = [f"original={plan.upstream}"]
     upstream_args = []
@@ -169,6 +161,20 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
     _run(plan, "superb + leaderboard", superb, paths["superb"] / "leaderboard.json")
     atomic_write_text(out / "stages.json", json.dumps(plan.log, indent=2) + "\n")
     return paths
+
+
+def _probe_stage(plan: StudyPlan, pruned: Dict[str, Path], distilled: Path) -> Path:
+    """The measurement (:mod:`.probe`): every upstream's keyword probe on unseen voices, paired with the original."""
+    upstreams = {"original": (plan.upstream, None),
+                 **{f"pruned_{s.replace('-', '_')}": (f"pruned_{_family(plan)}", str(f / "pruned.pt"))
+                    for s, f in pruned.items()},
+                 "distilled": (f"distilled_{_family(plan)}", str(distilled / "student.pt"))}
+    folder = plan.out / "probe"
+    voices = plan.probe_voices or (probe.QUICK_VOICES if plan.quick else probe.VOICES)
+    _run_step(plan, f"probe (KS, {voices} unseen voices)",
+              lambda: probe.measure(upstreams, "original", folder, voices=voices, device=plan.device),
+              folder / probe.RESULT)
+    return folder
 
 
 def _family(plan: StudyPlan) -> str:

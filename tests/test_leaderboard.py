@@ -396,3 +396,16 @@ def test_rebuilt_leaderboard_is_byte_identical(tmp_path):
     scores = data["intervals"]["base"]["scores"]
     assert scores["ks"]["method"] == "wilson" and scores["er"]["method"].startswith("bootstrap(2000, seed=2)")
     assert len(data["intervals"]["base"]["er_folds"]["folds"]) == 2
+
+
+def test_average_interval_covers_the_tasks_where_capacity_is_defined(tmp_path):
+    root = tmp_path / "exp"
+    ks = [1, 0] * 50
+    for label, er in (("base", [0] * 40), ("other", [1] * 10 + [0] * 30)):  # the reference scores 0 on ER
+        _run_with_items(root, label, "ks", ks)
+        _run_with_items(root, label, "er", er, fold="fold1")
+    (root / "superb.json").write_text(json.dumps({"upstreams": ["base", "other"], "reference": "base"}))
+    row = lb.build_leaderboard(root, cost=False).table.set_index("upstream").loc["other"]
+    assert row["capacity_tasks"] == "ks" and math.isnan(row["capacity_er"])
+    assert row["capacity_avg"] == 1.0 and row["capacity_avg_low"] == row["capacity_ks_low"] == 1.0
+    assert row["capacity_avg_high"] == row["capacity_ks_high"] == 1.0

@@ -186,6 +186,8 @@ def test_leaderboard_has_superb_score_intervals_and_learning_rates(superb_run):
             assert pruned[f"capacity_{task}_low"] <= pruned[f"capacity_{task}"] <= pruned[f"capacity_{task}_high"]
             assert pruned[f"capacity_{task}_verdict"] in ("indistinguishable", "distinguishable")
     assert pruned["verdict"] and rows["base"]["verdict"] == "reference"
+    # the average covers the tasks where capacity is defined, and so does its interval
+    assert pruned["capacity_avg_low"] <= pruned["capacity_avg"] <= pruned["capacity_avg_high"]
     md = (superb_run.out / "leaderboard.md").read_text()
     assert "SUPERB score over KS, SID, ER, ASR" in md
     before = {n: (superb_run.out / n).read_bytes() for n in ("leaderboard.json", "leaderboard.md", "leaderboard.csv")}

@@ -159,17 +159,18 @@ def row_uncertainty(records: Mapping[str, Sequence[Mapping[str, Any]]], values: 
         if ref is not None and not is_reference and set(ref.names) == set(found.names):
             out.capacity[task] = iv.paired_capacity(ref, found, resamples, _seed(task, seed), LEVEL)
     out.folds = _er_folds(records.get("er", []))
-    out.capacity_avg = _capacity_avg(items, reference_items, out.capacity, seed, resamples)
+    if all(t in items for t in values):  # else the leaderboard's average covers a task without an interval
+        out.capacity_avg = _capacity_avg(items, reference_items, out.capacity, seed, resamples)
     out.superb = superb_with_interval(values, items, params_millions, seed, resamples)
     return out
 
 
 def _capacity_avg(items: Mapping[str, iv.ItemScores], reference_items: Mapping[str, iv.ItemScores],
                   capacity: Mapping[str, iv.CapacityInterval], seed: int, resamples: int) -> Optional[iv.Interval]:
-    """Mean over tasks of the paired capacity resamples (the same resamples as each task's interval); None
-    unless every task with items has a defined paired capacity."""
+    """Mean over the tasks where capacity kept is defined (as the leaderboard's ``capacity_avg``) of the paired
+    capacity resamples (the same resamples as each task's interval); None when it is defined on no task."""
     defined = [t for t in items if t in capacity and capacity[t].point == capacity[t].point]
-    if not defined or len(defined) != len(items):
+    if not defined:
         return None
     ratios = [iv.paired_samples(reference_items[t], items[t], resamples, _seed(t, seed))[0] for t in defined]
     point = float(np.mean([capacity[t].point for t in defined]))

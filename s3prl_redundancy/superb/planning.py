@@ -4,7 +4,9 @@
 option strings, :mod:`s3prl_redundancy.commands.superb`); :meth:`SuperbOptions.validate` checks them.
 :func:`resolve_data` finds and checks each task's data; :func:`plan_runs` lists every upstream x task (x fold)
 run as a :class:`RunPlan` with its configuration fingerprint; :func:`check_existing` compares the plans with
-the run folders already on disk (what decides "same run" on resume).
+the run folders already on disk (what decides "same run" on resume). The learning-rate search:
+:func:`plan_lr_trials` (the exploration runs, each an ordinary run folder ``<task>-lr<rate>``) and
+:func:`choose_rates` (the best dev score per upstream x task), whose result :func:`plan_runs` takes.
 """
 
 from __future__ import annotations

@@ -681,3 +681,12 @@ def test_lr_grid_parsing_and_defaults():
             cmd.parse_lr_grids([bad], ["sid"])
     assert tasks.TASKS["sid"].lr_grid[0] == 1e-1 and all(1e-4 in t.lr_grid for t in tasks.TASKS.values())
     assert planning.lr_suffix(1e-3) == "lr1e-03" and planning.lr_suffix(2.5e-4) == "lr0.00025"
+
+
+def test_lr_grid_without_search_is_refused(fake, capsys):
+    _, ckpts, tmp_path = fake
+    with pytest.raises(UserInputError, match="lr_search: .*`lr_search=True`"):
+        _options(ckpts, tmp_path, tasks="ks", lr_grid=["ks=1e-3"])
+    code = cli.main(["superb", "--upstreams", "base=hubert_local", "--tasks", "ks", "--data-root", str(tmp_path),
+                     "--out", str(tmp_path / "exp"), "--lr-search-steps", "3"])
+    assert code != 0 and "--lr-search" in capsys.readouterr().err

@@ -119,6 +119,9 @@ class SuperbOptions:
                 raise UserInputError(f"{task}: {grid!r}; give positive rates of a known task", argument="lr_grids")
         if self.lr_search_steps is not None and self.lr_search_steps < 1:
             raise UserInputError(f"must be >= 1, got {self.lr_search_steps}", argument="lr_search_steps")
+        if (self.lr_grids or self.lr_search_steps is not None) and not self.lr_search:
+            raise UserInputError("`lr_grids` and `lr_search_steps` only apply to a search: pass `lr_search=True`",
+                                 argument="lr_search")
         return self
 
 

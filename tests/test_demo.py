@@ -1,4 +1,5 @@
-"""`s3prl-redundancy demo --quick` end to end: every report section has real content; a rerun reuses stages."""
+"""`s3prl-redundancy demo --quick` end to end: every report section has real content, the headline table is a
+measurement with paired intervals of at most +-5 points; a rerun reuses stages."""
 
 import base64
 import json
@@ -15,10 +16,17 @@ pytestmark = [
 ]
 
 
+QUICK = False
+"""The quick demo shrinks the pipeline-check stages; the measured probe keeps the full demo's size (PROBE), so the
+width goal of the headline table is checked as `make demo` meets it."""
+PROBE = ["--probe-voices", "120"]
+
+
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    proc = run_python(["-m", "s3prl_redundancy.cli", "demo", "--quick", "--out", str(out)], cwd=out.parent, timeout=1500)
+    proc = run_python(["-m", "s3prl_redundancy.cli", "demo", "--quick", *PROBE, "--out", str(out)], cwd=out.parent,
+                      timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -28,8 +36,10 @@ def test_every_report_section_has_content(demo_out):
     md = (out / "report.md").read_text()
     sections = re.split(r"^## ", md, flags=re.M)[1:]
     titles = [s.splitlines()[0] for s in sections]
-    assert titles[:4] == ["1. Layer similarity", "2. Layer pruning (no post-training)",
-                          "3. Distillation into mimicking layers", "4. SUPERB-style evaluation and leaderboard"]
+    assert titles[:5] == ["1. Layer similarity", "2. Layer pruning (no post-training)",
+                          "3. Distillation into mimicking layers",
+                          "4. Measured: capacity kept on keyword spotting, unseen voices",
+                          "5. Pipeline check: SUPERB tasks through s3prl's run_downstream"]
     similarity = json.loads((out / "similarity" / "similarity.json").read_text())
     assert len(similarity["layers"]) == 7 and set(similarity["metrics"]) >= {"cosine", "cka", "debiased_cka", "mknn"}
     assert re.search(r"\| cka \| 0\.\d{3} \|", sections[0])  # the CKA summary row carries numbers
@@ -41,9 +51,35 @@ def test_every_report_section_has_content(demo_out):
     board = json.loads((out / "superb" / "leaderboard.json").read_text())
     rows = board["rows"] if isinstance(board, dict) and "rows" in board else board
     assert len(rows) == 4
-    assert sections[3].count("\n| ") >= 5  # header + 4 upstreams
+    assert sections[4].count("\n| ") >= 5  # header + 4 upstreams
     for name in ("original", "pruned_block_influence", "pruned_backward", "distilled"):
-        assert re.search(rf"\| {name} \| \d+(\.\d+)? \|", sections[3]), name  # a KS accuracy for every upstream
+        # a KS accuracy with its 95 % interval for every upstream
+        assert re.search(rf"\| {name} \| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", sections[4]), name
+    assert "SUPERB score over KS, SID" in sections[4] and "not a measurement" in sections[4]
+    # no capacity above 1 without its interval, and parameters with thousands separators
+    capacity = sections[4].split("Capacity kept relative to")[1].split("Cost")[0]
+    for value in re.findall(r"\| (\d+\.\d\d)( \[[^\]]+\])? \|", capacity):
+        assert float(value[0]) <= 1.0 or value[1], value
+    assert re.search(r"\| original \| \d{1,3}(,\d{3})+ \|", sections[4])
+
+
+def test_headline_table_is_a_measurement_with_paired_intervals(demo_out):
+    """The table that states how much capacity compression keeps: paired 95 % intervals on every compressed
+    model; in the full demo (not --quick) none reaches more than 5 points from its estimate."""
+    out, _ = demo_out
+    md = (out / "report.md").read_text()
+    section = re.split(r"^## ", md, flags=re.M)[4]
+    probe = json.loads((out / "probe" / "probe.json").read_text())
+    assert probe["test_clips"] == 10 * probe["test_voices"]
+    for name in ("pruned_block_influence", "pruned_backward", "distilled"):
+        cap = probe["rows"][name]["capacity"]
+        assert cap["low"] <= cap["point"] <= cap["high"] and cap["verdict"] in ("indistinguishable", "distinguishable")
+        interval = r"\d+\.\d \[\d+\.\d, \d+\.\d\] \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \| (in)?distinguishable"
+        assert re.search(rf"\| {name} \| {interval} \| {interval} \|", section), name  # both views
+        for view in (cap, probe["rows"][name]["last_layer"]["capacity"]):
+            if not QUICK:
+                assert max(view["point"] - view["low"], view["high"] - view["point"]) <= 0.05, (name, view)
+    assert probe["meets_width_goal"] or QUICK
 
 
 def test_html_is_self_contained_with_real_plots(demo_out):
@@ -59,7 +95,8 @@ def test_html_is_self_contained_with_real_plots(demo_out):
 def test_second_run_reuses_every_stage(demo_out):
     out, _ = demo_out
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
-    proc = run_python(["-m", "s3prl_redundancy.cli", "demo", "--quick", "--out", str(out)], cwd=out.parent, timeout=900)
+    proc = run_python(["-m", "s3prl_redundancy.cli", "demo", "--quick", *PROBE, "--out", str(out)], cwd=out.parent,
+                      timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("reused") == 6  # corpus, similarity, 2 x prune, distill, superb
+    assert proc.stdout.count("reused") == 7  # corpus, similarity, 2 x prune, distill, probe, superb
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}

@@ -275,3 +275,10 @@ def test_bootstrap_is_fast_for_thousands_of_items():
     start = time.perf_counter()
     iv.paired_capacity(ref, com, resamples=10_000, seed=0)
     assert time.perf_counter() - start < 30  # vectorised: a few seconds on one shared core
+
+
+def test_wilson_bounds_are_exact_at_the_ends():
+    """At 0 or n correct the Wilson bound is exactly 0 or 1, not a rounding residue, so the point lies inside."""
+    for n in (1, 6, 32, 1000):
+        assert iv.wilson_interval(0, n).low == 0.0 and iv.wilson_interval(n, n).high == 1.0
+        assert iv.wilson_interval(0, n).high > 0 and iv.wilson_interval(n, n).low < 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -196,8 +197,8 @@ def test_rebuild_from_run_json(tmp_path):
     rows = {r["upstream"]: r for r in data["rows"]}
     assert rows["crashed"]["ks_acc"] is None and rows["base"]["capacity_avg"] == 1.0 and data["reference"] == "base"
     md = Path(paths["md"]).read_text()
-    assert "| **base** | 96.00 | 80.00 | 65.00 | 6.00 |" in md
-    assert "| crashed | failed | n/a | n/a | 100.00 |" in md and str(log) in md
+    assert "| **base** | 96.0 | 80.0 | 65.0 | 6.0 |" in md
+    assert "| crashed | failed | n/a | n/a | 100.0 |" in md and str(log) in md
     assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # another reference; an unknown one lists the upstreams that have runs
@@ -288,3 +289,123 @@ def test_leaderboard_command(tmp_path, capsys):
     assert "Reference for capacity kept: **half**" in out and (root / "leaderboard.md").is_file()
     assert cli.main(["leaderboard", str(root), "--no-cost", "--reference", "zzz"]) == 2
     assert "--reference: 'zzz' has no runs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# intervals, SUPERB score and learning rates from the experts' per-item files
+# ------------------------------------------------------------------------------------------------
+
+
+def _run_with_items(root: Path, label: str, task: str, correct, fold=None, lr=1e-4, search=None):
+    """A finished run whose expdir holds the per-item files s3prl's expert writes (``correct``: 0/1 per item;
+    ASR: word errors per 4-word utterance)."""
+    run_dir = root / "runs" / label / runs.run_dir_name(task, fold)
+    expdir = run_dir / runs.EXPDIR_NAME
+    expdir.mkdir(parents=True, exist_ok=True)
+    spec = tasks.TASKS[task]
+    first, second = (expdir / n for n in spec.prediction_files(spec.evaluate_split, fold))
+    if task == "asr":
+        first.write_text("".join(f"u{i} {' '.join(['x'] * e + ['w'] * (4 - e))}\n" for i, e in enumerate(correct)))
+        second.write_text("".join(f"u{i} w w w w\n" for i in range(len(correct))))
+        value = 100.0 * sum(correct) / (4 * len(correct))
+    else:
+        first.write_text("".join(f"clip{i}.wav {'yes' if c else 'no'}\n" for i, c in enumerate(correct)))
+        second.write_text("".join(f"clip{i}.wav yes\n" for i in range(len(correct))))
+        value = sum(correct) / len(correct)
+    record = {"format": runs.RUN_FORMAT, "upstream": label, "hub_entry": "hubert_local", "task": task, "fold": fold,
+              "upstream_args": {"k": None, "g": None}, "status": "finished", "error": None,
+              "metric": {"task": task, "metric": spec.metric, "value": value, "unit": spec.unit, "fold": fold},
+              "log": str(run_dir / "test.log"), "config": {"upstream_files": {}},
+              "learning_rate": {"override": None, "effective": lr, "official": lr, **({"search": search} if search else {})}}
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+
+def _items_exproot(tmp_path: Path, same: bool = False) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "exp"
+    ref_ks = (rng.random(400) < 0.8).astype(int)
+    ref_er = {f: (rng.random(60) < 0.6).astype(int) for f in ("fold1", "fold2")}
+    ref_asr = rng.integers(0, 2, 50)
+    flip = (rng.random(400) < 0.15)
+    other_ks = ref_ks.copy() if same else np.where(flip, 0, ref_ks)
+    search = {"grid": [1e-4, 1e-3], "chosen": 1e-3, "split": "dev", "metric": "acc",
+              "trials": [{"rate": 1e-4, "value": 0.5, "step": 2}, {"rate": 1e-3, "value": 0.75, "step": 2}]}
+    for label, ks in (("base", ref_ks), ("other", other_ks)):
+        _run_with_items(root, label, "ks", list(ks), lr=1e-3 if label == "other" else 1e-4,
+                        search=search if label == "other" else None)
+        for fold, er in ref_er.items():
+            _run_with_items(root, label, "er", list(er), fold=fold)
+        _run_with_items(root, label, "asr", list(ref_asr))
+    (root / "superb.json").write_text(json.dumps({"upstreams": ["base", "other"], "reference": "base"}))
+    return root
+
+
+def test_identical_predictions_give_capacity_one_with_zero_width(tmp_path):
+    board = lb.build_leaderboard(_items_exproot(tmp_path, same=True), cost=False)
+    row = board.table.set_index("upstream").loc["other"]
+    for task in ("ks", "er", "asr"):
+        assert row[f"capacity_{task}"] == 1.0
+        assert row[f"capacity_{task}_low"] == row[f"capacity_{task}_high"] == 1.0
+        assert row[f"capacity_{task}_verdict"] == "indistinguishable"
+    assert row["capacity_avg_low"] == row["capacity_avg_high"] == 1.0 and row["verdict"] == "indistinguishable"
+
+
+def test_intervals_superb_score_and_learning_rate_in_every_row(tmp_path):
+    from s3prl_redundancy.superb import intervals as iv
+    from s3prl_redundancy.superb.score import superb_score
+
+    root = _items_exproot(tmp_path)
+    board = lb.build_leaderboard(root, cost=False)
+    df = board.table.set_index("upstream")
+    base, other = df.loc["base"], df.loc["other"]
+    # KS: the Wilson interval of the accuracy, recomputed from the counts
+    k = round(base["ks_acc"] * 4)
+    wilson = iv.wilson_interval(k, 400)
+    assert (base["ks_acc_low"], base["ks_acc_high"]) == pytest.approx((100 * wilson.low, 100 * wilson.high))
+    # ER over two folds: the point is the mean of the fold accuracies and lies inside its bootstrap interval
+    assert base["er_acc_low"] < base["er_acc"] < base["er_acc_high"] and not math.isnan(base["er_fold_std"])
+    # the compressed model lost 15 % of its correct KS items: distinguishable, and the interval says so
+    assert other["capacity_ks_high"] < 1.0 and other["capacity_ks_verdict"] == "distinguishable"
+    assert other["verdict"] == "distinguishable: KS worse" and base["verdict"] == "reference"
+    assert other["capacity_avg_low"] < other["capacity_avg"] < other["capacity_avg_high"]
+    # the SUPERB score over exactly the tasks run, with the site's formula, and its interval
+    expected = superb_score({"KS": base["ks_acc"], "ER": base["er_acc"], "ASR": base["asr_wer"]})
+    assert base["superb_score"] == pytest.approx(expected.score) and base["superb_score_tasks"] == "KS, ER, ASR"
+    assert base["superb_score_low"] < base["superb_score"] < base["superb_score_high"]
+    assert base["superb_ks"] == pytest.approx(expected.task_scores["KS"])
+    # every row carries its learning rates; the search that chose one is recorded
+    assert base["learning_rates"] == "ks=0.0001,er=0.0001,asr=0.0001"
+    assert other["learning_rates"].startswith("ks=0.001,")
+    assert other["lr_search"] == "ks: 0.001 by best dev acc (0.0001: 0.5, 0.001: 0.75)"
+    md = board.markdown
+    assert "SUPERB score over KS, ER, ASR" in md and "distinguishable: KS worse" in md
+    assert re.search(r"\| other \| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", md)  # KS accuracy with its interval
+
+
+def test_rebuilt_leaderboard_is_byte_identical(tmp_path):
+    root = _items_exproot(tmp_path)
+    first = {k: Path(p).read_bytes() for k, p in lb.write_leaderboard(lb.build_leaderboard(root, cost=False)).items()
+             if k != "png"}
+    second = {k: Path(p).read_bytes() for k, p in lb.write_leaderboard(lb.build_leaderboard(root, cost=False)).items()
+              if k != "png"}
+    assert first == second
+    data = json.loads(first["json"])
+    assert data["intervals"]["other"]["capacity"]["ks"]["verdict"] == "distinguishable"
+    scores = data["intervals"]["base"]["scores"]
+    assert scores["ks"]["method"] == "wilson" and scores["er"]["method"].startswith("bootstrap(2000, seed=2)")
+    assert len(data["intervals"]["base"]["er_folds"]["folds"]) == 2
+
+
+def test_average_interval_covers_the_tasks_where_capacity_is_defined(tmp_path):
+    root = tmp_path / "exp"
+    ks = [1, 0] * 50
+    for label, er in (("base", [0] * 40), ("other", [1] * 10 + [0] * 30)):  # the reference scores 0 on ER
+        _run_with_items(root, label, "ks", ks)
+        _run_with_items(root, label, "er", er, fold="fold1")
+    (root / "superb.json").write_text(json.dumps({"upstreams": ["base", "other"], "reference": "base"}))
+    row = lb.build_leaderboard(root, cost=False).table.set_index("upstream").loc["other"]
+    assert row["capacity_tasks"] == "ks" and math.isnan(row["capacity_er"])
+    assert row["capacity_avg"] == 1.0 and row["capacity_avg_low"] == row["capacity_ks_low"] == 1.0
+    assert row["capacity_avg_high"] == row["capacity_ks_high"] == 1.0

@@ -507,3 +507,75 @@ def test_voxceleb1_cache_dir_points_into_s3prl():
     cache = datafiles.voxceleb1_cache_dir()
     assert cache is not None and cache.parts[-3:] == ("downstream", "voxceleb1", ".cache")
     assert (cache.parent / "dataset.py").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# `s3prl-redundancy recipe`: a complete config for a plain s3prl user
+# --------------------------------------------------------------------------------------------------
+
+
+def _placeholders(text: str) -> bool:
+    return "SET_BY_RUNNER" in text
+
+
+def test_recipe_command_writes_a_complete_config(tmp_path, capsys):
+    from s3prl_redundancy import cli
+
+    out = tmp_path / "sid.yaml"
+    code = cli.main(["recipe", "sid", "--profile", "smoke", "--out", str(out),
+                     "--datarc", f"file_path={tmp_path / 'vox'}", f"meta_data={tmp_path / 'vox' / 'iden_split.txt'}"])
+    assert code == 0
+    text = out.read_text()
+    config = yaml.safe_load(text)
+    assert not _placeholders(text) and not rf.unfilled_placeholders(config)
+    assert config["downstream_expert"]["datarc"]["file_path"] == str(tmp_path / "vox")
+    assert config["runner"]["total_steps"] == 30  # the smoke profile merged in
+    assert "-d voxceleb1 -c " + str(out) in capsys.readouterr().out
+
+
+def test_recipe_command_refuses_missing_data_by_key(tmp_path, capsys):
+    from s3prl_redundancy import cli
+
+    out = tmp_path / "ks.yaml"
+    code = cli.main(["recipe", "ks", "--out", str(out), "--datarc", "speech_commands_root=/data/sc"])
+    err = capsys.readouterr().err
+    assert code != 0 and not out.exists()
+    assert "speech_commands_test_root" in err and "--data-root" in err and "speech_commands_root," not in err
+    with pytest.raises(UserInputError, match="not 'nope'"):
+        rf.write_user_recipe(out, "ks", datarc={"nope": "/x"})
+    with pytest.raises(UserInputError, match="unknown profile"):
+        rf.write_user_recipe(out, "ks", "fast", datarc={"speech_commands_root": "/a", "speech_commands_test_root": "/b"})
+
+
+def test_run_downstream_passes_cpu_when_cuda_is_missing(capsys):
+    from s3prl_redundancy.commands.run_downstream import with_device
+
+    argv = ["-m", "evaluate", "-e", "exp/states-4.ckpt"]
+    assert with_device(argv, cuda_available=False) == argv + ["--device", "cpu"]
+    assert "--device cpu" in capsys.readouterr().err
+    assert with_device(argv, cuda_available=True) == argv
+    assert with_device(argv + ["--device", "cuda:1"], cuda_available=False) == argv + ["--device", "cuda:1"]
+    assert with_device(argv + ["--device=cpu"], cuda_available=False) == argv + ["--device=cpu"]
+
+
+@pytest.mark.slow
+def test_plain_s3prl_accepts_the_written_recipe(tmp_path):
+    """s3prl's own run_downstream trains a few steps with `-c` the file `recipe --data-root MINI` wrote."""
+    from s3prl_redundancy import cli
+    from s3prl_redundancy.superb import tts
+    from s3prl_redundancy.testing.processes import run_python
+
+    if not tts.espeak_available():
+        pytest.skip("espeak-ng is needed for the mini-SUPERB corpus")
+    from s3prl_redundancy.superb.corpus import build_corpus
+
+    corpus = build_corpus(tmp_path / "mini", "tiny", seed=0, workers=2)
+    recipe = tmp_path / "ks.yaml"
+    assert cli.main(["recipe", "ks", "--profile", "smoke", "--data-root", str(corpus.root), "--out", str(recipe)]) == 0
+    assert not _placeholders(recipe.read_text())
+    steps = "config.runner.total_steps=2,,config.runner.eval_step=2,,config.runner.save_step=2"
+    proc = run_python(["-m", "s3prl.run_downstream", "-m", "train", "-u", "tiny_hubert", "-d", "speech_commands",
+                       "-c", str(recipe), "-p", str(tmp_path / "exp"), "--device", "cpu", "-o", steps],
+                      cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (tmp_path / "exp" / "states-2.ckpt").is_file()

@@ -161,6 +161,40 @@ def test_leaderboard_has_every_cell(superb_run):
     assert "| **base** |" in (superb_run.out / "leaderboard.md").read_text()
 
 
+def test_leaderboard_has_superb_score_intervals_and_learning_rates(superb_run):
+    """Issue 13: every row has the SUPERB score over the tasks run, a 95 % interval on every score (from the
+    per-item files s3prl's experts wrote), paired capacity intervals and its learning rates; a rebuild is
+    byte-identical."""
+    from s3prl_redundancy.superb import leaderboard as lb
+    from s3prl_redundancy.superb.score import superb_score
+
+    board = superb_run.board
+    rows = {r["upstream"]: r for r in board["rows"]}
+    for label, row in rows.items():
+        values = {"KS": row["ks_acc"], "SID": row["sid_acc"], "ER": row["er_acc"], "ASR": row["asr_wer"]}
+        expected = superb_score(values, row["params_total"] / 1e6)
+        assert row["superb_score"] == pytest.approx(expected.score) and row["superb_score_tasks"] == "KS, SID, ER, ASR"
+        assert row["superb_score_p"] == pytest.approx(expected.score_p)
+        assert row["superb_score_low"] <= row["superb_score"] <= row["superb_score_high"]
+        for col in ("ks_acc", "sid_acc", "er_acc", "asr_wer"):
+            assert row[f"{col}_low"] <= row[col] <= row[f"{col}_high"], (label, col)
+        assert row["learning_rates"] == "ks=0.0001,sid=0.0001,er=0.0001,asr=0.0001"
+        assert not math.isnan(row["er_fold_std"])
+    pruned = rows["pruned"]
+    for task in ("ks", "er"):  # accuracy tasks whose reference scored above 0 here
+        if pruned[f"capacity_{task}"] is not None:
+            assert pruned[f"capacity_{task}_low"] <= pruned[f"capacity_{task}"] <= pruned[f"capacity_{task}_high"]
+            assert pruned[f"capacity_{task}_verdict"] in ("indistinguishable", "distinguishable")
+    assert pruned["verdict"] and rows["base"]["verdict"] == "reference"
+    # the average covers the tasks where capacity is defined, and so does its interval
+    assert pruned["capacity_avg_low"] <= pruned["capacity_avg"] <= pruned["capacity_avg_high"]
+    md = (superb_run.out / "leaderboard.md").read_text()
+    assert "SUPERB score over KS, SID, ER, ASR" in md
+    before = {n: (superb_run.out / n).read_bytes() for n in ("leaderboard.json", "leaderboard.md", "leaderboard.csv")}
+    lb.write_leaderboard(lb.build_leaderboard(superb_run.out, threads=1, cost_repeats=3))  # cost.json is reused
+    assert before == {n: (superb_run.out / n).read_bytes() for n in before}
+
+
 def test_sid_file_lists_are_cached_per_run(superb_run):
     vox = Path(superb_run.corpus.datarc_for("sid")["file_path"])
     for label in UPSTREAMS:

@@ -318,7 +318,8 @@ def test_runs_record_everything_and_resume_skips_finished(fake):
     board = json.loads((tmp_path / "exp/leaderboard.json").read_text())
     rows = {r["upstream"]: r for r in board["rows"]}
     assert rows["small"]["ks_acc"] == 50.0 and rows["small"]["er_acc"] == 50.0 and rows["small"]["asr_wer"] == 40.0
-    assert rows["small"]["capacity_asr"] == pytest.approx(0.6 / 0.8) and rows["small"]["learning_rates"] == "ks=5e-05"
+    assert rows["small"]["capacity_asr"] == pytest.approx(0.6 / 0.8)
+    assert rows["small"]["learning_rates"] == "ks=5e-05,sid=0.0001,er=0.0001,asr=0.0001"  # every task's rate
 
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp/runs").rglob("*") if p.is_file()}
     launcher.calls.clear()
@@ -409,7 +410,8 @@ def test_crashed_upstream_shows_failure_and_log_while_others_run(fake):
     assert f"ks: failed: training exited with status 1 (log: {log})" in row["failures"]
     assert "simulated s3prl crash" in log.read_text()
     md = board.markdown
-    assert "| broken | failed | n/a | failed | n/a |" in md and str(log) in md
+    # columns: KS, ER (tasks nobody ran get none), SUPERB score, Score-P
+    assert "| broken | failed | failed | n/a | n/a |" in md and str(log) in md
     assert board.table.set_index("upstream").loc["base", "ks_acc"] == 75.0
 
 
@@ -656,3 +658,81 @@ def test_force_writes_beside_foreign_files_and_later_runs_continue(fake):
     marker = json.loads((tmp_path / "exp" / ".s3prl-redundancy.json").read_text())
     assert marker["command"] == "superb" and {"superb.json", "runs", "leaderboard.md"} <= set(marker["files"])
     assert "notes.txt" not in marker["files"]
+
+
+# --------------------------------------------------------------------------------------------------
+# learning-rate search
+# --------------------------------------------------------------------------------------------------
+
+
+def test_lr_search_explores_on_dev_then_trains_at_the_best_rate(fake, monkeypatch):
+    import math
+
+    import yaml
+
+    from s3prl_redundancy.superb import results as res
+
+    launcher, ckpts, tmp_path = fake
+
+    def dev_of_rate(task, expdir, fold=None):  # the fake writes no TensorBoard file: dev peaks at lr 1e-3
+        lr = yaml.safe_load((Path(expdir).parent / "recipe.yaml").read_text())["optimizer"]["lr"]
+        return {"split": "dev", "metric": "acc", "value": 0.9 - 0.1 * abs(math.log10(lr) + 3), "step": 3}
+
+    monkeypatch.setattr(res, "best_dev", dev_of_rate)
+    opts = _options(ckpts, tmp_path, tasks="ks,er", learning_rates=["small:ks=5e-5"], lr_search=True,
+                    lr_grid=["ks=1e-4,1e-3", "er=1e-2,1e-3"], lr_search_steps=3)
+    summary = rn.run_superb(opts, launcher=launcher, validate_hub=False)
+    assert summary["failed"] == []
+    # explorations: ordinary run folders with a rate suffix, trained (never tested) for lr_search_steps steps;
+    # ER explores on its first fold; small's KS rate is fixed by hand, so it is not searched
+    trials = ["base/ks-lr1e-04", "base/ks-lr1e-03", "base/er-fold1-lr1e-02", "base/er-fold1-lr1e-03",
+              "small/er-fold1-lr1e-02", "small/er-fold1-lr1e-03"]
+    assert launcher.runs("train")[:6] == trials
+    assert not any("-lr" in r for r in launcher.runs("evaluate"))
+    # every evaluation names its device (s3prl's -m evaluate -e CKPT would otherwise default to cuda)
+    assert all(c["args"][c["args"].index("--device") + 1] == "cpu" for c in launcher.calls if c["mode"] == "evaluate")
+    trial = yaml.safe_load((tmp_path / "exp/runs/base/ks-lr1e-04/recipe.yaml").read_text())
+    assert trial["runner"]["total_steps"] == 3 and trial["runner"]["eval_step"] == 3 and trial["optimizer"]["lr"] == 1e-4
+    record = json.loads((tmp_path / "exp/runs/base/ks-lr1e-04/run.json").read_text())
+    assert record["lr_trial"] == {"rate": 1e-4, "steps": 3} and record["dev_best"]["value"] == pytest.approx(0.8)
+    # the full runs train at the best rate (a fixed one wins) and record the search that chose it
+    full = {r["upstream"] + "/" + runs_name(r): r for r in summary["runs"]}
+    assert set(full) == {f"{u}/{n}" for u in ("base", "small") for n in ("ks", "er-fold1", "er-fold2")}
+    assert full["base/ks"]["learning_rate"]["effective"] == 1e-3 and full["small/ks"]["learning_rate"]["effective"] == 5e-5
+    assert full["small/er-fold2"]["learning_rate"]["effective"] == 1e-3
+    search = full["base/ks"]["learning_rate"]["search"]
+    assert search["chosen"] == 1e-3 and [t["rate"] for t in search["trials"]] == [1e-4, 1e-3]
+    assert "search" not in full["small/ks"]["learning_rate"]
+    board = json.loads((tmp_path / "exp/leaderboard.json").read_text())
+    rows = {r["upstream"]: r for r in board["rows"]}
+    assert len(rows) == 2  # explorations are not rows
+    assert rows["base"]["learning_rates"] == "ks=0.001,er=0.001" and rows["small"]["learning_rates"] == "ks=5e-05,er=0.001"
+    assert rows["base"]["lr_search"].startswith("ks: 0.001 by best dev acc (0.0001: 0.8, 0.001: 0.9)")
+    # resumable: a second invocation runs nothing
+    launcher.calls.clear()
+    again = rn.run_superb(opts, launcher=launcher, validate_hub=False)
+    assert launcher.calls == [] and again["lr_search"]["base:ks"]["chosen"] == 1e-3
+
+
+def runs_name(record):
+    from s3prl_redundancy.superb.runs import run_dir_name
+
+    return run_dir_name(record["task"], record.get("fold"))
+
+
+def test_lr_grid_parsing_and_defaults():
+    assert cmd.parse_lr_grids(["sid=1e-1, 1e-2", "asr=1e-3"], ["sid"]) == {"sid": [0.1, 0.01]}
+    for bad in ("sid", "sid=", "sid=fast", "sid=-1e-3", "nope=1e-3"):
+        with pytest.raises(UserInputError, match="lr_grids"):
+            cmd.parse_lr_grids([bad], ["sid"])
+    assert tasks.TASKS["sid"].lr_grid[0] == 1e-1 and all(1e-4 in t.lr_grid for t in tasks.TASKS.values())
+    assert planning.lr_suffix(1e-3) == "lr1e-03" and planning.lr_suffix(2.5e-4) == "lr0.00025"
+
+
+def test_lr_grid_without_search_is_refused(fake, capsys):
+    _, ckpts, tmp_path = fake
+    with pytest.raises(UserInputError, match="lr_search: .*`lr_search=True`"):
+        _options(ckpts, tmp_path, tasks="ks", lr_grid=["ks=1e-3"])
+    code = cli.main(["superb", "--upstreams", "base=hubert_local", "--tasks", "ks", "--data-root", str(tmp_path),
+                     "--out", str(tmp_path / "exp"), "--lr-search-steps", "3"])
+    assert code != 0 and "--lr-search" in capsys.readouterr().err

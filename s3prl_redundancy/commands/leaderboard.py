@@ -1,7 +1,9 @@
 """``s3prl-redundancy leaderboard``: rebuild the SUPERB leaderboard (CSV, Markdown, JSON, Pareto plot) of a `superb` output folder.
 
-Reads the ``run.json`` of every finished run (nothing is trained or evaluated again) and measures the cost of
-each upstream once (cached in ``cost.json``)."""
+Reads the ``run.json`` of every finished run and the per-item test files s3prl's experts left in its ``expdir``
+(nothing is trained or evaluated again: every score gets its 95 % interval, capacity kept a paired one, each row
+the SUPERB score over the tasks it ran and its learning rates; seeded, so a rebuild is byte-identical) and
+measures the cost of each upstream once (cached in ``cost.json``)."""
 
 from __future__ import annotations
 

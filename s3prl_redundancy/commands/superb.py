@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 FLAGS = {"learning_rates": "--learning-rate", "recipe_overrides": "--recipe-override", "datarc_overrides": "--datarc",
-         "datarc": "--datarc", "wait": "--no-wait", "setup": "--slurm-setup"}
+         "datarc": "--datarc", "wait": "--no-wait", "setup": "--slurm-setup", "lr_grids": "--lr-grid"}
 """Python arguments of :func:`build_options` / :class:`SuperbOptions` whose flag is not ``--name-with-dashes``."""
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -65,6 +65,7 @@ def add_arguments(parser):
                                "cpu_count/jobs with --jobs > 1)")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboard at the end")
     add_cluster_arguments(parser)
+    add_lr_search_arguments(parser)
 
 
 def resume_hint(args, argv) -> str:
@@ -73,6 +74,43 @@ def resume_hint(args, argv) -> str:
 
     return (f"finished runs are kept in {args.out}; the same command continues with the rest: "
             f"{command_line('superb', argv, drop=['--force'])}")
+
+
+# ---- learning-rate search (one block: flags, parsing) ----
+
+
+def add_lr_search_arguments(parser) -> None:
+    grids = "; ".join(f"{t} {','.join(f'{lr:g}' for lr in TASKS[t].lr_grid)}" for t in TASK_ORDER)
+    parser.add_argument("--lr-search", action="store_true",
+                        help="before each full run, train short exploration runs at a grid of learning rates, score "
+                             f"them on the dev split and train at the best (default grids: {grids}); a rate set with "
+                             "--learning-rate is not searched")
+    parser.add_argument("--lr-grid", action="extend", nargs="+", metavar="TASK=LR,LR,...",
+                        help="the rates --lr-search tries on TASK, e.g. sid=1e-1,1e-2,1e-3 (repeatable)")
+    parser.add_argument("--lr-search-steps", type=int, metavar="N",
+                        help="training steps of each exploration run (default: a tenth of the recipe's total_steps)")
+
+
+def parse_lr_grids(items: Optional[Sequence[str]], tasks: Sequence[str]) -> Dict[str, List[float]]:
+    """``["sid=1e-1,1e-2"]`` -> ``{"sid": [0.1, 0.01]}``; tasks not selected are ignored."""
+    out: Dict[str, List[float]] = {}
+    for item in items or []:
+        head, sep, text = item.partition("=")
+        if not sep or not text.strip():
+            raise UserInputError(f"{item!r} is not TASK=LR,LR,... (e.g. sid=1e-1,1e-2,1e-3)", argument="lr_grids")
+        task = normalize_task(head, "lr_grids")
+        try:
+            rates = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise UserInputError(f"{item!r}: the rates must be numbers", argument="lr_grids") from None
+        if not rates or any(not (r > 0 and r != float("inf")) for r in rates):
+            raise UserInputError(f"{item!r}: give positive learning rates", argument="lr_grids")
+        if task in tasks:
+            out[task] = rates
+    return out
+
+
+# ---- end of the learning-rate search block ----
 
 
 def run(args) -> int:
@@ -84,6 +122,7 @@ def run(args) -> int:
         recipe_overrides=args.recipe_override, datarc=args.datarc, device=args.device, force=args.force,
         jobs=args.jobs, threads=args.threads, reference=args.reference, leaderboard=not args.no_leaderboard,
         cost_seconds=args.cost_seconds, cost_repeats=args.cost_repeats,
+        lr_search=args.lr_search, lr_grid=args.lr_grid, lr_search_steps=args.lr_search_steps,
     )
     summary = run_superb(opts, launcher=cluster_launcher(args, opts.out))
     return 1 if summary["failed"] else 0
@@ -397,6 +436,9 @@ def build_options(
     leaderboard: bool = True,
     cost_seconds: float = 1.0,
     cost_repeats: int = 5,
+    lr_search: bool = False,
+    lr_grid: Optional[Sequence[str]] = None,
+    lr_search_steps: Optional[int] = None,
 ) -> SuperbOptions:
     """:class:`SuperbOptions` from the command-line strings (each parser names the bad item and the fix)."""
     pairs = parse_upstreams(upstreams)
@@ -412,5 +454,6 @@ def build_options(
         er_folds=parse_er_folds(er_folds), recipe_overrides=parse_recipe_overrides(recipe_overrides, task_list),
         datarc_overrides=parse_datarc_overrides(datarc, task_list), device=device, force=force, jobs=int(jobs),
         threads=threads, reference=reference, leaderboard=leaderboard, cost_seconds=cost_seconds,
-        cost_repeats=cost_repeats,
+        cost_repeats=cost_repeats, lr_search=lr_search, lr_grids=parse_lr_grids(lr_grid, task_list),
+        lr_search_steps=lr_search_steps,
     ).validate()

@@ -1,6 +1,7 @@
 """The stages of the demo study. Each stage runs one ``s3prl-redundancy`` command (the command a user would
-type, printed before it runs) and is skipped when its output already exists, so a second run reuses
-finished stages and an interrupted run continues where it stopped."""
+type, printed before it runs), except the keyword probe (:mod:`.probe`, computed in this process), and is
+skipped when its output already exists, so a second run reuses finished stages and an interrupted run
+continues where it stopped."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import UserInputError
+from ..io import atomic_write_text
+from . import probe
 
 PRUNE_STRATEGIES = ("block-influence", "backward")
 
@@ -27,6 +30,7 @@ class StudyPlan:
     device: str = "cpu"
     prune_ratio: float = 0.4
     strategies: tuple = PRUNE_STRATEGIES
+    probe_voices: Optional[int] = None  # voices of the measured keyword probe (default: probe.VOICES, quick: QUICK_VOICES)
     log: List[Dict] = field(default_factory=list)
 
     @property
@@ -50,6 +54,15 @@ class StudyPlan:
         return ["--upstream", src["entry"]] + (["--ckpt", src["ckpt"]] if src["ckpt"] else [])
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (s3prl processes, espeak-ng): on a shared machine the
+    wall time of a stage says little; its CPU time is what it costs."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _run(plan: StudyPlan, name: str, argv: List[str], done: Path) -> None:
     from ..cli import main
 
@@ -58,12 +71,26 @@ def _run(plan: StudyPlan, name: str, argv: List[str], done: Path) -> None:
         plan.log.append({"stage": name, "status": "reused", "output": str(done)})
         return
     print(f"[demo] {name}: s3prl-redundancy {' '.join(argv)}", flush=True)
-    start = time.time()
+    start, cpu = time.time(), _cpu_seconds()
     code = main(argv)
     if code != 0:
         raise RuntimeError(f"demo stage {name!r} failed (exit {code}); its command is printed above. Fix the cause "
                            "and run the demo again: finished stages are reused.")
-    plan.log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1), "output": str(done)})
+    plan.log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1),
+                     "cpu_seconds": round(_cpu_seconds() - cpu, 1), "output": str(done)})
+
+
+def _run_step(plan: StudyPlan, name: str, step, done: Path) -> None:
+    """A stage computed in this process (no command of its own), reused like the others when ``done`` exists."""
+    if done.exists():
+        print(f"[demo] {name}: done earlier ({done}), reused", flush=True)
+        plan.log.append({"stage": name, "status": "reused", "output": str(done)})
+        return
+    print(f"[demo] {name}", flush=True)
+    start, cpu = time.time(), _cpu_seconds()
+    step()
+    plan.log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1),
+                     "cpu_seconds": round(_cpu_seconds() - cpu, 1), "output": str(done)})
 
 
 def check_source_available(plan: StudyPlan) -> None:
@@ -114,6 +141,8 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
         distill += ["--report-repeats", "2"]
     _run(plan, "distill", distill, paths["distilled"] / "student.pt")
 
+    paths["probe"] = _probe_stage(plan, pruned, paths["distilled"])
+
     labels = [f"original={plan.upstream}"]
     upstream_args = []
     for strategy, folder in pruned.items():
@@ -130,8 +159,22 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
         superb += ["--recipe-override", "runner.total_steps=6", "--recipe-override", "runner.eval_step=3",
                    "--recipe-override", "runner.save_step=3", "--cost-repeats", "2"]
     _run(plan, "superb + leaderboard", superb, paths["superb"] / "leaderboard.json")
-    (out / "stages.json").write_text(json.dumps(plan.log, indent=2) + "\n")
+    atomic_write_text(out / "stages.json", json.dumps(plan.log, indent=2) + "\n")
     return paths
+
+
+def _probe_stage(plan: StudyPlan, pruned: Dict[str, Path], distilled: Path) -> Path:
+    """The measurement (:mod:`.probe`): every upstream's keyword probe on unseen voices, paired with the original."""
+    upstreams = {"original": (plan.upstream, None),
+                 **{f"pruned_{s.replace('-', '_')}": (f"pruned_{_family(plan)}", str(f / "pruned.pt"))
+                    for s, f in pruned.items()},
+                 "distilled": (f"distilled_{_family(plan)}", str(distilled / "student.pt"))}
+    folder = plan.out / "probe"
+    voices = plan.probe_voices or (probe.QUICK_VOICES if plan.quick else probe.VOICES)
+    _run_step(plan, f"probe (KS, {voices} unseen voices)",
+              lambda: probe.measure(upstreams, "original", folder, voices=voices, device=plan.device),
+              folder / probe.RESULT)
+    return folder
 
 
 def _family(plan: StudyPlan) -> str:

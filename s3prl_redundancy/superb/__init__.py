@@ -4,6 +4,7 @@ Submodules: ``tasks`` (one module per task; everything known of it), ``recipe_fi
 profiles, overrides), ``datafiles`` (the data files s3prl's pip package lacks: char.dict, the VoxCeleb1 split,
 IEMOCAP meta data, LibriSpeech ``len_for_bucket``), ``tts`` (espeak-ng wrapper), ``corpus`` (the mini-SUPERB
 corpus builder), ``planning`` / ``runs`` / ``launch`` / ``runner`` (the benchmark runner), ``cluster`` (its runs as
-submitit / SLURM jobs), ``results`` (reading a
-run's metric), ``leaderboard`` and ``cost``. Nothing is imported here, so importing this package stays cheap.
+submitit / SLURM jobs), ``results`` (reading a run's metric), ``leaderboard``, ``uncertainty`` (its intervals and
+SUPERB score), ``intervals``, ``score``, ``display`` (number formats, tables, the Pareto plot) and ``cost``.
+Nothing is imported here, so importing this package stays cheap.
 """

@@ -85,7 +85,10 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> Interval:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, "wilson")
+    # the bound is exactly 0 at k = 0 (1 at k = n); the subtraction leaves a rounding residue like 3e-15
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Interval(p, low, high, level, "wilson")
 
 
 def clopper_pearson_interval(k: int, n: int, level: float = 0.95) -> Interval:
@@ -275,14 +278,50 @@ def _percentile_bounds(samples: np.ndarray, level: float) -> Tuple[float, float]
     return float(low), float(high)
 
 
+def bootstrap_samples(items: ItemScores, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """The corpus metric in percent on each of ``resamples`` seeded resamples of the items.
+
+    Kept separate from :func:`bootstrap_interval` so scores built from several tasks (the SUPERB score) can
+    combine the tasks' resamples before taking percentiles.
+    """
+    return np.concatenate([_resampled_values(items, idx) for idx in _resample_indices(len(items), resamples, seed)])
+
+
+def percentile_interval(point: float, samples: np.ndarray, level: float, method: str) -> Interval:
+    """``point`` with the percentile bounds of ``samples`` (NaN bounds when no sample is finite)."""
+    level = _check_level(level)
+    samples = np.asarray(samples, dtype=np.float64)
+    low, high = _percentile_bounds(samples, level) if np.isfinite(samples).any() else (math.nan, math.nan)
+    return Interval(float(point), low, high, level, method)
+
+
 def bootstrap_interval(items: ItemScores, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                        level: float = 0.95) -> Interval:
     """Percentile bootstrap interval of the corpus metric over resampled items (utterances for WER)."""
     level = _check_level(level)
-    samples = np.concatenate([_resampled_values(items, idx)
-                              for idx in _resample_indices(len(items), resamples, seed)])
-    low, high = _percentile_bounds(samples, level)
-    return Interval(items.value(), low, high, level, f"bootstrap({resamples}, seed={seed})")
+    samples = bootstrap_samples(items, resamples, seed)
+    return percentile_interval(items.value(), samples, level, f"bootstrap({resamples}, seed={seed})")
+
+
+def pooled_folds(folds: Mapping[str, ItemScores]) -> ItemScores:
+    """One item set for several folds whose corpus score is the *mean of the fold scores* (SUPERB's ER score).
+
+    Each fold's items are weighted by ``1 / len(fold)`` (numerator and denominator alike), so
+    ``100 * sum(numer) / sum(denom)`` is the plain mean of the fold accuracies while every item stays a unit a
+    bootstrap can resample (and pair with the same item of another upstream). Item names get a ``fold/`` prefix.
+    """
+    if not folds:
+        raise UserInputError("give at least one fold", argument="folds")
+    metrics = {items.metric for items in folds.values()}
+    if len(metrics) != 1:
+        raise UserInputError(f"folds mix metrics {sorted(metrics)}", argument="folds")
+    names, numer, denom = [], [], []
+    for fold, items in folds.items():
+        weight = 1.0 / len(items)
+        names += [f"{fold}/{name}" for name in items.names]
+        numer.append(items.numer * weight)
+        denom.append(items.denom * weight)
+    return ItemScores(tuple(names), np.concatenate(numer), np.concatenate(denom), metrics.pop())
 
 
 def wer_interval(hyp_path, ref_path, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
@@ -367,15 +406,13 @@ def _ratio(compressed: np.ndarray, reference: np.ndarray) -> np.ndarray:
         return np.where(reference > 0, compressed / np.where(reference > 0, reference, 1.0), np.nan)
 
 
-def paired_capacity(reference: ItemScores, compressed: ItemScores, resamples: int = DEFAULT_RESAMPLES,
-                    seed: int = 0, level: float = 0.95) -> CapacityInterval:
-    """Capacity kept by ``compressed`` relative to ``reference`` on the same test items, paired bootstrap.
+def paired_samples(reference: ItemScores, compressed: ItemScores, resamples: int = DEFAULT_RESAMPLES,
+                   seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """``(ratios, differences)`` of the accuracy-like scores of ``compressed`` against ``reference`` on each
+    seeded resample of their common items (the same items for both: a paired bootstrap).
 
-    Each resample draws item indices once and scores both upstreams on them, so item difficulty cancels out.
-    Rule: the upstreams are "indistinguishable" at ``level`` when the percentile interval of the score
-    difference contains 0. Identical predictions give capacity 1 with a zero-width interval.
+    Separate from :func:`paired_capacity` so a capacity averaged over tasks can average the tasks' resamples.
     """
-    level = _check_level(level)
     if compressed.metric != reference.metric:
         raise UserInputError(f"metric {compressed.metric!r} differs from the reference's {reference.metric!r}",
                              argument="compressed")
@@ -386,7 +423,19 @@ def paired_capacity(reference: ItemScores, compressed: ItemScores, resamples: in
         com = _accuracy_like(_resampled_values(compressed, idx), reference.metric)
         ratios.append(_ratio(com, ref))
         diffs.append(com - ref)
-    ratios, diffs = np.concatenate(ratios), np.concatenate(diffs)
+    return np.concatenate(ratios), np.concatenate(diffs)
+
+
+def paired_capacity(reference: ItemScores, compressed: ItemScores, resamples: int = DEFAULT_RESAMPLES,
+                    seed: int = 0, level: float = 0.95) -> CapacityInterval:
+    """Capacity kept by ``compressed`` relative to ``reference`` on the same test items, paired bootstrap.
+
+    Each resample draws item indices once and scores both upstreams on them, so item difficulty cancels out.
+    Rule: the upstreams are "indistinguishable" at ``level`` when the percentile interval of the score
+    difference contains 0. Identical predictions give capacity 1 with a zero-width interval.
+    """
+    level = _check_level(level)
+    ratios, diffs = paired_samples(reference, compressed, resamples, seed)
     ref_point = float(_accuracy_like(np.array(reference.value()), reference.metric))
     com_point = float(_accuracy_like(np.array(compressed.value()), reference.metric))
     method = f"paired bootstrap({resamples}, seed={seed})"

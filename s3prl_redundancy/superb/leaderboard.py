@@ -7,7 +7,10 @@ cost measurement of each upstream (loaded once, cached in ``cost.json``). Writte
 Columns (scores in percent, as SUPERB reports them):
 
 * ``ks_acc``, ``sid_acc``, ``er_acc`` (ER: mean over the folds that ran, as SUPERB averages its 5 folds),
-  ``asr_wer``: test scores;
+  ``asr_wer``: test scores, each with ``_low`` / ``_high``: its 95 % interval from the per-item test files in the
+  run's ``expdir`` (:mod:`.uncertainty`);
+* ``superb_score`` (+ ``_low`` / ``_high``): the SUPERB score over the tasks in ``superb_score_tasks`` (:mod:`.score`),
+  ``superb_<task>`` the normalised task scores, ``superb_score_p`` Score-P from ``params_total``;
 * ``params_total`` / ``params_stack``: parameters of the whole upstream / of its transformer stack (the
   mimicker for a distilled upstream); ``macs_per_second``: multiply-accumulates per second of audio;
   ``latency_ms_per_second``: milliseconds of upstream compute per second of audio (median of repeats, all
@@ -15,7 +18,10 @@ Columns (scores in percent, as SUPERB reports them):
 * ``capacity_<task>``: capacity kept relative to the reference upstream. For the accuracy tasks the ratio of
   accuracies; for ASR the ratio of word accuracies ``1 - WER`` (clipped at 0, since WER can exceed 100 %).
   Undefined (empty) when the reference scores 0 on the task (e.g. a WER of 100 % or more); ``capacity_avg`` is
-  the mean over the tasks where it is defined, which ``capacity_tasks`` lists;
+  the mean over the tasks where it is defined, which ``capacity_tasks`` lists. Each has ``_low`` / ``_high`` (paired
+  bootstrap on the same test items) and ``_verdict``; ``verdict`` says whether the row can be told apart from the
+  reference at all;
+* ``learning_rates``: the rate each task trained with; ``lr_search``: the dev scores that chose it, when searched;
 * ``failures``: each task that did not finish, with its error and log path.
 """
 
@@ -25,23 +31,33 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import UserInputError
-from ..io import atomic_write_json, atomic_write_text, json_ready, read_json, save_figure
+from ..io import atomic_write_json, atomic_write_text, json_ready, read_json
 from . import results as res
 from .runs import RUN_JSON, RUNS_DIR, STATUS_FINISHED, read_run_json, read_superb_json
 from .tasks import TASK_ORDER, TASKS
 from .tasks.er import ER_FOLDS
+
+if TYPE_CHECKING:
+    from .uncertainty import RowUncertainty
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 SCORE_COLUMN = {name: task.score_column for name, task in TASKS.items()}
 CAPACITY_COLUMN = {t: f"capacity_{t}" for t in TASK_ORDER}
 COLUMNS = (
-    ["upstream", "hub_entry"] + [SCORE_COLUMN[t] for t in TASK_ORDER]
+    ["upstream", "hub_entry"]
+    + [c for t in TASK_ORDER for c in (SCORE_COLUMN[t], f"{SCORE_COLUMN[t]}_low", f"{SCORE_COLUMN[t]}_high")]
+    + ["superb_score", "superb_score_low", "superb_score_high", "superb_score_tasks", "superb_score_p",
+       "superb_score_p_low", "superb_score_p_high"]
+    + [f"superb_{t}" for t in TASK_ORDER]
     + ["params_total", "params_stack", "macs_per_second", "latency_ms_per_second", "latency_device"]
-    + [CAPACITY_COLUMN[t] for t in TASK_ORDER] + ["capacity_avg", "capacity_tasks", "er_folds", "learning_rates", "failures"]
+    + [c for t in TASK_ORDER for c in (CAPACITY_COLUMN[t], f"{CAPACITY_COLUMN[t]}_low", f"{CAPACITY_COLUMN[t]}_high",
+                                        f"{CAPACITY_COLUMN[t]}_verdict")]
+    + ["capacity_avg", "capacity_avg_low", "capacity_avg_high", "capacity_tasks", "verdict"]
+    + ["test_items", "er_folds", "er_fold_std", "learning_rates", "lr_search", "failures"]
 )
 FILES = {"csv": "leaderboard.csv", "md": "leaderboard.md", "json": "leaderboard.json", "png": "pareto.png"}
 COST_JSON = "cost.json"
@@ -93,20 +109,39 @@ def _failure(record: Mapping[str, Any]) -> str:
     return f"{status}: {error} (log: {record.get('log')})"
 
 
+LR_TRIAL = "lr_trial"
+"""Key of ``run.json`` marking a short exploration run of the learning-rate search (``{"rate", "of"}``): its dev
+score chose a rate, it is not a row of the leaderboard."""
+
+
+def _learning_rate(record: Mapping[str, Any]) -> Optional[float]:
+    """The rate a run trained with: the recorded effective rate, else the override (older records)."""
+    lr = record.get("learning_rate") or {}
+    value = lr.get("effective") if lr.get("effective") is not None else lr.get("override")
+    return float(value) if value is not None else None
+
+
 def task_cells(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """``{label: {"hub_entry", "upstream_args", "upstream_files", "learning_rates", "tasks": {task: cell}}}``
-    where a cell is ``{"value": percent or NaN, "failure": text or None, "folds": [...]}``."""
+    """``{label: {"hub_entry", "upstream_args", "upstream_files", "learning_rates", "lr_search", "tasks": {task:
+    cell}}}`` where a cell is ``{"value": percent or NaN, "failure": text or None, "folds": [...], "records": [...]}``.
+    Exploration runs of the learning-rate search (:data:`LR_TRIAL`) are not rows; their outcome is in the final
+    run's ``learning_rate.search``."""
     grouped: Dict[str, Dict[str, List[Mapping[str, Any]]]] = {}
     info: Dict[str, Dict[str, Any]] = {}
     for record in runs:
+        if record.get(LR_TRIAL):
+            continue
         label = record["upstream"]
         grouped.setdefault(label, {}).setdefault(record["task"], []).append(record)
         entry = info.setdefault(label, {"hub_entry": record.get("hub_entry"), "upstream_args": record.get("upstream_args"),
                                         "upstream_files": (record.get("config") or {}).get("upstream_files"),
-                                        "learning_rates": {}})
-        lr = (record.get("learning_rate") or {}).get("override")
+                                        "learning_rates": {}, "lr_search": {}})
+        lr = _learning_rate(record)
         if lr is not None:
             entry["learning_rates"][record["task"]] = lr
+        search = (record.get("learning_rate") or {}).get("search")
+        if search:
+            entry["lr_search"][record["task"]] = search
     out: Dict[str, Dict[str, Any]] = {}
     for label, tasks in grouped.items():
         cells = {}
@@ -118,11 +153,11 @@ def task_cells(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
                 failure = "; ".join(
                     (f"{r['fold']}: " if r.get("fold") else "") + _failure(r) for r in bad
                 )
-                cells[task] = {"value": float("nan"), "failure": failure, "folds": folds}
+                cells[task] = {"value": float("nan"), "failure": failure, "folds": folds, "records": []}
             else:
                 values = [res.percent(r["metric"]) for r in records]
                 cells[task] = {"value": sum(values) / len(values), "failure": None, "folds": folds,
-                               "per_fold": dict(zip(folds, values)) if folds else None}
+                               "per_fold": dict(zip(folds, values)) if folds else None, "records": records}
         out[label] = dict(info[label], tasks=cells)
     return out
 
@@ -259,6 +294,8 @@ class Leaderboard:
     cost: Dict[str, Any] = field(default_factory=dict)
     exproot: Optional[Path] = None
     failed_tasks: Dict[str, List[str]] = field(default_factory=dict)  # label -> tasks that did not finish
+    intervals: Dict[str, Any] = field(default_factory=dict)  # label -> uncertainty.RowUncertainty.to_dict()
+    lr_search: Dict[str, Any] = field(default_factory=dict)  # label -> {task: the search that chose its rate}
 
     @property
     def markdown(self) -> str:
@@ -278,9 +315,53 @@ def _reference_label(exproot: Path, labels: Sequence[str], reference: Optional[s
     return (saved if saved in labels else order[0]), order
 
 
+def _nan() -> float:
+    return float("nan")
+
+
+def _interval_columns(row: Dict[str, Any], unc: "RowUncertainty") -> None:
+    """The low / high / verdict columns of one row from its intervals (NaN where unknown)."""
+    for task in TASK_ORDER:
+        score = unc.scores.get(task)
+        row[f"{SCORE_COLUMN[task]}_low"] = score.low if score else _nan()
+        row[f"{SCORE_COLUMN[task]}_high"] = score.high if score else _nan()
+        cap = unc.capacity.get(task)
+        row[f"{CAPACITY_COLUMN[task]}_low"] = cap.low if cap else _nan()
+        row[f"{CAPACITY_COLUMN[task]}_high"] = cap.high if cap else _nan()
+        row[f"{CAPACITY_COLUMN[task]}_verdict"] = cap.verdict if cap else ""
+    avg = unc.capacity_avg
+    row["capacity_avg_low"], row["capacity_avg_high"] = (avg.low, avg.high) if avg else (_nan(), _nan())
+    row["test_items"] = ",".join(f"{t}={n}" for t, n in unc.n_items.items())
+    row["er_fold_std"] = unc.folds.std if unc.folds else _nan()
+
+
+def _superb_columns(row: Dict[str, Any], superb: Optional[Mapping[str, Any]]) -> None:
+    row["superb_score"] = superb["score"] if superb else _nan()
+    interval = (superb or {}).get("interval") or {}
+    row["superb_score_low"], row["superb_score_high"] = interval.get("low", _nan()), interval.get("high", _nan())
+    row["superb_score_tasks"] = ", ".join(superb["tasks"]) if superb else ""
+    row["superb_score_p"] = superb["score_p"] if superb and superb["score_p"] is not None else _nan()
+    interval_p = (superb or {}).get("score_p_interval") or {}
+    row["superb_score_p_low"], row["superb_score_p_high"] = interval_p.get("low", _nan()), interval_p.get("high", _nan())
+    for task in TASK_ORDER:
+        row[f"superb_{task}"] = (superb or {}).get("task_scores", {}).get(task.upper(), _nan())
+
+
+def _lr_search_text(search: Mapping[str, Mapping[str, Any]]) -> str:
+    """``ks: 1e-3 of 1e-4, 1e-3, 1e-2 (best dev acc)`` per task whose rate a search chose."""
+    parts = []
+    for task, s in sorted(search.items(), key=lambda kv: TASKS[kv[0]].order):
+        scores = ", ".join(f"{t['rate']:g}: {t['value']:.4g}" if t.get("value") is not None else f"{t['rate']:g}: n/a"
+                           for t in s.get("trials", []))
+        chosen = f"{s['chosen']:g}" if s.get("chosen") is not None else "recipe's rate (no exploration scored)"
+        parts.append(f"{task}: {chosen} by best {s.get('split')} {s.get('metric')} ({scores})")
+    return "; ".join(parts)
+
+
 def _row(label: str, info: Mapping[str, Any], ref_tasks: Mapping[str, Any], cost: Mapping[str, Any]
          ) -> Tuple[Dict[str, Any], List[str]]:
-    """One upstream's row (scores, capacity kept, cost) and the tasks that did not finish."""
+    """One upstream's row (scores, capacity kept, cost) and the tasks that did not finish; the interval columns
+    are filled by :func:`_interval_columns`."""
     tasks = info["tasks"]
     row: Dict[str, Any] = {"upstream": label, "hub_entry": info["hub_entry"]}
     failures, failed = [], []
@@ -297,7 +378,9 @@ def _row(label: str, info: Mapping[str, Any], ref_tasks: Mapping[str, Any], cost
     row["capacity_avg"] = (sum(row[CAPACITY_COLUMN[t]] for t in defined) / len(defined)) if defined else float("nan")
     row["capacity_tasks"] = ",".join(defined)
     row["er_folds"] = ",".join(f.replace("fold", "") for f in tasks.get("er", {}).get("folds") or [])
-    row["learning_rates"] = ",".join(f"{t}={lr:g}" for t, lr in sorted(info["learning_rates"].items()))
+    row["learning_rates"] = ",".join(f"{t}={lr:g}" for t, lr in sorted(info["learning_rates"].items(),
+                                                                       key=lambda kv: TASKS[kv[0]].order))
+    row["lr_search"] = _lr_search_text(info.get("lr_search") or {})
     if "error" in cost:
         failures.append(f"cost: {cost['error']}")
     row["params_total"] = cost.get("params_total", float("nan"))
@@ -310,6 +393,21 @@ def _row(label: str, info: Mapping[str, Any], ref_tasks: Mapping[str, Any], cost
     return row, failed
 
 
+def _finished(cells: Mapping[str, Any]) -> Dict[str, Any]:
+    return {t: c for t, c in cells.items() if not c["failure"] and not _isnan(c["value"])}
+
+
+def _uncertainty(label: str, info: Mapping[str, Any], reference: str, ref_items: Mapping[str, Any],
+                 row: Mapping[str, Any], seed: int, resamples: int) -> "RowUncertainty":
+    from .uncertainty import row_uncertainty
+
+    done = _finished(info["tasks"])
+    params = row["params_total"]
+    return row_uncertainty({t: c["records"] for t, c in done.items()}, {t: c["value"] for t, c in done.items()},
+                           ref_items, None if _isnan(params) else float(params) / 1e6, label == reference,
+                           seed=seed, resamples=resamples)
+
+
 def build_leaderboard(
     exproot: PathLike,
     reference: Optional[str] = None,
@@ -319,11 +417,16 @@ def build_leaderboard(
     cost_repeats: int = 5,
     threads: Optional[int] = None,
     remeasure: bool = False,
+    seed: int = 0,
+    resamples: Optional[int] = None,
 ) -> Leaderboard:
     """The leaderboard of a runner folder (see the module docstring). ``reference``: the upstream label capacity is
     relative to (default: the one recorded by ``superb``, else the first upstream). ``cost=False`` leaves the cost
-    columns empty (no upstream is loaded)."""
+    columns empty (no upstream is loaded). ``seed`` / ``resamples``: of the bootstrap intervals
+    (:mod:`.uncertainty`; the same seed gives the same bounds)."""
     import pandas as pd
+
+    from .uncertainty import RESAMPLES, task_items
 
     exproot = Path(exproot).resolve()
     cells = task_cells(collect_runs(exproot))
@@ -334,17 +437,27 @@ def build_leaderboard(
         cost_data = measure_costs(exproot, cells, device=device, seconds=cost_seconds, repeats=cost_repeats,
                                   threads=threads, remeasure=remeasure)
     ref_tasks = cells[reference]["tasks"]
+    ref_items = {t: found for t, c in _finished(ref_tasks).items()
+                 if (found := task_items(t, c["records"])) is not None}
     ref_folds = ref_tasks.get("er", {}).get("folds")
-    rows = []
+    rows, intervals = [], {}
     failed_tasks: Dict[str, List[str]] = {}
     for label in order:
         row, failed = _row(label, cells[label], ref_tasks, (cost_data.get("upstreams") or {}).get(label) or {})
+        unc = _uncertainty(label, cells[label], reference, ref_items, row, seed, resamples or RESAMPLES)
+        _interval_columns(row, unc)
+        _superb_columns(row, unc.superb)
+        row["verdict"] = "reference" if label == reference else unc.verdict()
+        intervals[label] = unc.to_dict()
         if failed:
             failed_tasks[label] = failed
         folds = cells[label]["tasks"].get("er", {}).get("folds") or []
         if folds and ref_folds and folds != ref_folds:
             notes.append(f"{label}: ER averaged over folds {row['er_folds']}, the reference over "
                          f"{','.join(f.replace('fold', '') for f in ref_folds)}")
+        missing = [t.upper() for t in TASK_ORDER if t in _finished(cells[label]["tasks"]) and t not in unc.scores]
+        if missing:
+            notes.append(f"{label}: no per-item test files for {', '.join(missing)} in its expdir, so no interval")
         rows.append(row)
     for task in TASK_ORDER:
         ref_cell = ref_tasks.get(task)
@@ -354,7 +467,8 @@ def build_leaderboard(
                          f"({SCORE_COLUMN[task]} = {ref_cell['value']:.2f})")
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Leaderboard(table=table, reference=reference, notes=notes, cost=cost_data, exproot=exproot,
-                       failed_tasks=failed_tasks)
+                       failed_tasks=failed_tasks, intervals=intervals,
+                       lr_search={label: cells[label].get("lr_search") or {} for label in order})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,124 +480,50 @@ def _isnan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _si(x: Any, unit: str = "") -> str:
-    if _isnan(x):
-        return "n/a"
-    x = float(x)
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.2f} {prefix}{unit}"
-    return f"{x:.0f} {unit}".strip()
-
-
-def _score_title(task: str) -> str:
-    """``KS acc %``, ``ASR WER %``: an error rate is written in capitals."""
-    spec = TASKS[task]
-    return f"{task.upper()} {spec.metric if spec.higher_is_better else spec.metric.upper()} %"
-
-
-def render_markdown(board: Leaderboard) -> str:
-    """The leaderboard as a Markdown table (failed tasks show ``failed``; undefined values ``n/a``)."""
-    df = board.table
-    header = (["upstream"] + [_score_title(t) for t in TASK_ORDER]
-              + ["params", "stack params", "MACs / s audio", "latency ms / s audio"]
-              + [f"{t.upper()} kept" for t in TASK_ORDER] + ["avg kept"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for _, row in df.iterrows():
-        failed = set(board.failed_tasks.get(row["upstream"], []))
-        cells = [f"**{row['upstream']}**" if row["upstream"] == board.reference else str(row["upstream"])]
-        for task in TASK_ORDER:
-            value = row[SCORE_COLUMN[task]]
-            cells.append("failed" if task in failed else ("n/a" if _isnan(value) else f"{value:.2f}"))
-        cells += [_si(row["params_total"]), _si(row["params_stack"]), _si(row["macs_per_second"]),
-                  "n/a" if _isnan(row["latency_ms_per_second"]) else f"{row['latency_ms_per_second']:.2f}"]
-        for col in [CAPACITY_COLUMN[t] for t in TASK_ORDER] + ["capacity_avg"]:
-            cells.append("n/a" if _isnan(row[col]) else f"{row[col]:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    device = next((d for d in df["latency_device"] if d), "")
-    cost_key = (board.cost or {}).get("key") or {}
-    out = [
-        "# SUPERB leaderboard",
-        "",
-        f"Reference for capacity kept: **{board.reference}**. Capacity kept = accuracy / reference accuracy "
-        "(ASR: (1 - WER) / (1 - reference WER)); avg kept = mean over the tasks where it is defined.",
-        "",
-        *lines,
-        "",
-    ]
-    if cost_key:
-        out.append(f"Cost: one forward on {cost_key.get('seconds')} s of audio; latency = median of "
-                   f"{cost_key.get('repeats')} interleaved repeats on {device or cost_key.get('device')}"
-                   + (f" with {cost_key['threads']} thread(s)" if cost_key.get("threads") else "") + ".")
-    details = [(row["upstream"], row["er_folds"], row["learning_rates"], row["failures"]) for _, row in df.iterrows()]
-    if any(er or lr or fail for _, er, lr, fail in details):
-        out += ["", "| upstream | ER folds | learning-rate overrides | failures |", "|---|---|---|---|"]
-        out += [f"| {u} | {er or '-'} | {lr or '-'} | {fail or '-'} |" for u, er, lr, fail in details]
-    if board.notes:
-        out += ["", "Notes:", *[f"- {n}" for n in board.notes]]
-    return "\n".join(out) + "\n"
+DEFINITIONS = {
+    "capacity_kept": "accuracy / reference accuracy; ASR: max(0, 1 - WER) / (1 - reference WER); undefined when "
+                     "the reference accuracy is 0",
+    "capacity_avg": "mean of capacity_<task> over capacity_tasks",
+    "er_acc": "mean test accuracy over the ER folds in er_folds",
+    "intervals": "95 %: Wilson for one set of accuracy items; seeded percentile bootstrap for ER over several folds "
+                 "and ASR; capacity kept: paired bootstrap on the same test items as the reference",
+    "verdict": "indistinguishable: on every task the 95 % interval of (score - reference score) contains 0",
+    "superb_score": "the SUPERB site's formula over the tasks in superb_score_tasks (0 = FBANK, 1000 = the best "
+                    "published upstream); superb_score_p divides each task's score by the parameters in millions",
+    "learning_rates": "the optimizer.lr each task trained with",
+}
 
 
 def leaderboard_json(board: Leaderboard) -> Dict[str, Any]:
     rows = [{col: json_ready(row[col]) for col in COLUMNS} for _, row in board.table.iterrows()]
     return {
-        "format": "s3prl_redundancy.superb.leaderboard/1",
+        "format": "s3prl_redundancy.superb.leaderboard/2",
         "reference": board.reference,
         "columns": list(COLUMNS),
         "rows": rows,
         "notes": board.notes,
         "units": {**{SCORE_COLUMN[t]: "%" for t in TASK_ORDER}, "macs_per_second": "MACs per second of audio",
-                  "latency_ms_per_second": "ms per second of audio", "capacity": "ratio to the reference"},
-        "definitions": {
-            "capacity_kept": "accuracy / reference accuracy; ASR: max(0, 1 - WER) / (1 - reference WER); undefined when "
-                             "the reference accuracy is 0",
-            "capacity_avg": "mean of capacity_<task> over capacity_tasks",
-            "er_acc": "mean test accuracy over the ER folds in er_folds",
-        },
+                  "latency_ms_per_second": "ms per second of audio", "capacity": "ratio to the reference",
+                  "superb_score": "0 (FBANK) .. 1000 (topline)"},
+        "definitions": DEFINITIONS,
+        "intervals": json_ready(board.intervals),
+        "lr_search": json_ready(board.lr_search),
         "cost": board.cost,
     }
 
 
+def render_markdown(board: Leaderboard) -> str:
+    """The leaderboard as Markdown: scores, capacity kept and cost tables (:mod:`.display`)."""
+    from .display import leaderboard_markdown
+
+    return leaderboard_markdown(leaderboard_json(board))
+
+
 def plot_pareto(board: Leaderboard, path: PathLike) -> Path:
-    """``pareto.png``: average capacity kept versus latency and versus parameters, the Pareto front drawn
-    as a line through its points (larger markers), the reference marked."""
-    import matplotlib
+    """``pareto.png``: average capacity kept (with its paired 95 % interval) versus latency and parameters."""
+    from .display import plot_pareto as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    df = board.table
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, column, xlabel in ((axes[0], "latency_ms_per_second", "latency (ms per second of audio)"),
-                               (axes[1], "params_total", "parameters")):
-        xs, ys = list(df[column].astype(float)), list(df["capacity_avg"].astype(float))
-        front = pareto_front(xs, ys)
-        finite = [(x, y) for x, y in zip(xs, ys) if not (_isnan(x) or _isnan(y))]
-        span_x = (max(p[0] for p in finite) - min(p[0] for p in finite)) or 1.0 if finite else 1.0
-        span_y = (max(p[1] for p in finite) - min(p[1] for p in finite)) or 1.0 if finite else 1.0
-        labelled = []
-        for x, y, label, on in zip(xs, ys, df["upstream"], front):
-            if _isnan(x) or _isnan(y):
-                continue
-            ax.scatter([x], [y], s=80 if on else 30, color="C3" if on else "C0", zorder=3,
-                       edgecolors="black" if label == board.reference else "none")
-            # a point close to an already labelled one (labels run ~25% of the x span) gets its label stacked below
-            near = sum(abs(x - lx) < 0.25 * span_x and abs(y - ly) < 0.04 * span_y for lx, ly in labelled)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5 - 11 * near), fontsize=8)
-            labelled.append((x, y))
-        pts = sorted((x, y) for x, y, on in zip(xs, ys, front) if on)
-        if len(pts) > 1:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C3", linestyle="--", zorder=2, label="Pareto front")
-            ax.legend(loc="lower right", fontsize=8)
-        valid = [x for x in xs if not _isnan(x) and x > 0]
-        if valid and max(valid) / min(valid) > 20:
-            ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"average capacity kept (vs {board.reference})")
-        ax.grid(True, alpha=0.3)
-    fig.suptitle("SUPERB: average capacity kept vs cost (red: Pareto front, black edge: reference)")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return plot(leaderboard_json(board), path)
 
 
 def write_leaderboard(board: Leaderboard, out_dir: Optional[PathLike] = None) -> Dict[str, str]:
@@ -499,7 +539,7 @@ def write_leaderboard(board: Leaderboard, out_dir: Optional[PathLike] = None) ->
 
 
 __all__ = [
-    "COLUMNS", "SCORE_COLUMN", "CAPACITY_COLUMN", "FILES", "Leaderboard", "collect_runs", "task_cells",
-    "task_accuracy", "capacity_kept", "pareto_front", "measure_costs", "build_leaderboard", "render_markdown",
-    "leaderboard_json", "plot_pareto", "write_leaderboard",
+    "COLUMNS", "SCORE_COLUMN", "CAPACITY_COLUMN", "FILES", "LR_TRIAL", "DEFINITIONS", "Leaderboard", "collect_runs",
+    "task_cells", "task_accuracy", "capacity_kept", "pareto_front", "measure_costs", "build_leaderboard",
+    "render_markdown", "leaderboard_json", "plot_pareto", "write_leaderboard",
 ]

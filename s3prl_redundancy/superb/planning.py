@@ -4,7 +4,9 @@
 option strings, :mod:`s3prl_redundancy.commands.superb`); :meth:`SuperbOptions.validate` checks them.
 :func:`resolve_data` finds and checks each task's data; :func:`plan_runs` lists every upstream x task (x fold)
 run as a :class:`RunPlan` with its configuration fingerprint; :func:`check_existing` compares the plans with
-the run folders already on disk (what decides "same run" on resume).
+the run folders already on disk (what decides "same run" on resume). The learning-rate search:
+:func:`plan_lr_trials` (the exploration runs, each an ordinary run folder ``<task>-lr<rate>``) and
+:func:`choose_rates` (the best dev score per upstream x task), whose result :func:`plan_runs` takes.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class SuperbOptions:
     recipe_overrides: ``{task: {dotted key: value}}``. datarc_overrides: ``{task: {data key: path}}``.
     force: delete and rerun run folders recorded with another configuration. jobs: runs at the same time.
     threads: OMP/MKL threads per s3prl process. reference: the label capacity kept is relative to.
+    lr_search: before each upstream x task run whose rate ``learning_rates`` does not fix, train short exploration
+    runs at every rate of :meth:`lr_grid` (``lr_grids`` replaces a task's default grid) for ``lr_search_steps`` steps
+    (default: a tenth of the recipe's ``runner.total_steps``) and run the full training at the rate with the best
+    dev score (:func:`plan_lr_trials`, :func:`choose_rates`).
     """
 
     upstreams: List[UpstreamSpec]
@@ -80,6 +86,13 @@ class SuperbOptions:
     leaderboard: bool = True
     cost_seconds: float = 1.0
     cost_repeats: int = 5
+    lr_search: bool = False
+    lr_grids: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
+    lr_search_steps: Optional[int] = None
+
+    def lr_grid(self, task: str) -> List[float]:
+        """The rates the search tries on ``task``: ``lr_grids[task]`` or the task's documented default."""
+        return list(self.lr_grids.get(task) or TASKS[task].lr_grid)
 
     def validate(self) -> "SuperbOptions":
         """Check the values that do not need the data or the hub (each error names its argument)."""
@@ -103,6 +116,14 @@ class SuperbOptions:
         check_cost_options(self.cost_seconds, self.cost_repeats)
         for spec in self.upstreams:
             check_upstream_files(spec)
+        for task, grid in self.lr_grids.items():
+            if task not in TASKS or not grid or any(not (lr > 0 and lr != float("inf")) for lr in grid):
+                raise UserInputError(f"{task}: {grid!r}; give positive rates of a known task", argument="lr_grids")
+        if self.lr_search_steps is not None and self.lr_search_steps < 1:
+            raise UserInputError(f"must be >= 1, got {self.lr_search_steps}", argument="lr_search_steps")
+        if (self.lr_grids or self.lr_search_steps is not None) and not self.lr_search:
+            raise UserInputError("`lr_grids` and `lr_search_steps` only apply to a search: pass `lr_search=True`",
+                                 argument="lr_search")
         return self
 
 
@@ -219,6 +240,8 @@ class RunPlan:
     datarc: Dict[str, str]
     config_fields: Dict[str, Any]
     config_hash: str
+    trial: Optional[Dict[str, Any]] = None  # an exploration run of the learning-rate search: {"rate", "steps"}
+    search: Optional[Dict[str, Any]] = None  # the search that chose learning_rate (see choose_rates)
 
     @property
     def name(self) -> str:
@@ -243,42 +266,122 @@ def _canonical_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def plan_runs(opts: SuperbOptions, datarc: Mapping[str, Mapping[str, str]], data_info: Mapping[str, Any]) -> List[RunPlan]:
-    """Every run of ``opts`` with its configuration fingerprint (what decides 'same run' on resume)."""
+def _upstream_files(up: UpstreamSpec, file_hashes: Dict[str, str]) -> Dict[str, Any]:
+    files = {}
+    for key, value in (("k", up.ckpt), ("g", up.model_config)):
+        if value and not str(value).startswith(("http://", "https://")):
+            files[key] = {"sha256": _sha256_file(value, file_hashes), "bytes": os.path.getsize(value)}
+        elif value:
+            files[key] = {"url": value}
+    return files
+
+
+def _plan(opts: SuperbOptions, up: UpstreamSpec, files: Mapping[str, Any], task: str, fold: Optional[str],
+          lr: Optional[float], datarc: Mapping[str, str], data_identity: Mapping[str, Any],
+          trial: Optional[Dict[str, Any]] = None, search: Optional[Dict[str, Any]] = None) -> RunPlan:
+    """One run with its fingerprint; a ``trial`` (exploration of the learning-rate search) trains ``steps`` steps
+    in its own folder ``<task>[-<fold>]-lr<rate>``."""
+    overrides = dict(opts.recipe_overrides.get(task, {}))
+    if trial:
+        overrides.update(trial["overrides"])
+    config = rf.load_recipe(task, opts.profile, overrides, learning_rate=lr, test_fold=fold, datarc=datarc)
+    fields = {"hub_entry": up.entry, "upstream_files": files, "task": task, "fold": fold, "profile": opts.profile,
+              "recipe_overrides": overrides, "learning_rate": lr, "recipe_sha256": _canonical_hash(config),
+              "data": dict(data_identity)}
+    if trial:
+        fields["lr_trial"] = {"rate": lr, "steps": trial["steps"]}
+    folder = run_dir(opts.out, up.label, task, fold)
+    if trial:
+        folder = folder.with_name(f"{folder.name}-{lr_suffix(lr)}")
+    return RunPlan(upstream=up, task=task, fold=fold, run_dir=folder, learning_rate=lr, overrides=overrides,
+                   datarc=dict(datarc), config_fields=fields, config_hash=_canonical_hash(fields),
+                   trial={"rate": lr, "steps": trial["steps"]} if trial else None, search=search)
+
+
+def _data_identity(data_info: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: data_info.get(k) for k in ("kind", "size", "seed", "content_sha256") if k in data_info}
+
+
+def plan_runs(opts: SuperbOptions, datarc: Mapping[str, Mapping[str, str]], data_info: Mapping[str, Any],
+              searches: Optional[Mapping[Tuple[str, str], Dict[str, Any]]] = None) -> List[RunPlan]:
+    """Every run of ``opts`` with its configuration fingerprint (what decides 'same run' on resume).
+    ``searches``: ``{(label, task): search}`` from :func:`choose_rates`, whose ``chosen`` rate the run trains with
+    (a rate fixed in ``opts.learning_rates`` wins)."""
     plans: List[RunPlan] = []
     file_hashes: Dict[str, str] = {}
-    data_identity = {k: data_info.get(k) for k in ("kind", "size", "seed", "content_sha256") if k in data_info}
     for up in opts.upstreams:
-        files = {}
-        for key, value in (("k", up.ckpt), ("g", up.model_config)):
-            if value and not str(value).startswith(("http://", "https://")):
-                files[key] = {"sha256": _sha256_file(value, file_hashes), "bytes": os.path.getsize(value)}
-            elif value:
-                files[key] = {"url": value}
+        files = _upstream_files(up, file_hashes)
         for task in opts.tasks:
-            lr = opts.learning_rates.get((up.label, task))
-            overrides = dict(opts.recipe_overrides.get(task, {}))
+            search = None if (up.label, task) in opts.learning_rates else (searches or {}).get((up.label, task))
+            lr = opts.learning_rates.get((up.label, task), search["chosen"] if search else None)
             for fold in (opts.er_folds if TASKS[task].folds else [None]):
-                config = rf.load_recipe(task, opts.profile, overrides, learning_rate=lr, test_fold=fold,
-                                        datarc=datarc[task])
-                fields = {
-                    "hub_entry": up.entry,
-                    "upstream_files": files,
-                    "task": task,
-                    "fold": fold,
-                    "profile": opts.profile,
-                    "recipe_overrides": overrides,
-                    "learning_rate": lr,
-                    "recipe_sha256": _canonical_hash(config),
-                    "data": data_identity,
-                }
-                plans.append(RunPlan(
-                    upstream=up, task=task, fold=fold,
-                    run_dir=run_dir(opts.out, up.label, task, fold),
-                    learning_rate=lr, overrides=overrides, datarc=dict(datarc[task]),
-                    config_fields=fields, config_hash=_canonical_hash(fields),
-                ))
+                plans.append(_plan(opts, up, files, task, fold, lr, datarc[task], _data_identity(data_info),
+                                   search=search))
     return plans
+
+
+# --------------------------------------------------------------------------------------------------
+# learning-rate search
+# --------------------------------------------------------------------------------------------------
+
+
+def lr_suffix(rate: float) -> str:
+    """``lr1e-03``: the folder suffix of an exploration run at ``rate``."""
+    return f"lr{float(rate):.0e}" if float(f"{float(rate):.0e}") == float(rate) else f"lr{float(rate):g}"
+
+
+def trial_overrides(opts: SuperbOptions, task: str) -> Tuple[int, Dict[str, Any]]:
+    """``(steps, recipe overrides)`` of an exploration run: ``lr_search_steps`` (default a tenth of the recipe's
+    ``runner.total_steps``, at least 1), with dev evaluation and checkpoints no further apart than that, so every
+    exploration is scored on the dev split at least once."""
+    runner = rf.load_recipe(task, opts.profile, opts.recipe_overrides.get(task, {}))["runner"]
+    steps = int(opts.lr_search_steps or max(1, int(runner["total_steps"]) // 10))
+    return steps, {"runner.total_steps": steps, "runner.eval_step": min(int(runner["eval_step"]), steps),
+                   "runner.save_step": min(int(runner["save_step"]), steps)}
+
+
+def plan_lr_trials(opts: SuperbOptions, datarc: Mapping[str, Mapping[str, str]],
+                   data_info: Mapping[str, Any]) -> List[RunPlan]:
+    """The exploration runs of the learning-rate search: every upstream x task whose rate is not fixed, at every
+    rate of its grid. A task with folds (ER) explores on its first selected fold; the rate serves all folds."""
+    if not opts.lr_search:
+        return []
+    plans: List[RunPlan] = []
+    file_hashes: Dict[str, str] = {}
+    for up in opts.upstreams:
+        files = _upstream_files(up, file_hashes)
+        for task in opts.tasks:
+            if (up.label, task) in opts.learning_rates:
+                continue
+            steps, overrides = trial_overrides(opts, task)
+            fold = opts.er_folds[0] if TASKS[task].folds else None
+            for rate in opts.lr_grid(task):
+                plans.append(_plan(opts, up, files, task, fold, float(rate), datarc[task], _data_identity(data_info),
+                                   trial={"steps": steps, "overrides": overrides}))
+    return plans
+
+
+def choose_rates(trials: Sequence[RunPlan], records: Sequence[Mapping[str, Any]]) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    """``{(label, task): search}`` from the exploration runs and their ``run.json`` records (same order): the rate
+    whose best dev score (``dev_best``) is best (highest accuracy, lowest WER; the first in grid order on a tie).
+    ``search``: ``{"grid", "trials": [{"rate", "value", "step", "status"}], "chosen", "split", "metric"}``; when no
+    exploration left a dev score, ``chosen`` is None and the full run keeps the recipe's rate."""
+    out: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for plan, record in zip(trials, records):
+        spec = TASKS[plan.task]
+        search = out.setdefault((plan.upstream.label, plan.task), {
+            "grid": [], "trials": [], "chosen": None, "split": spec.dev_split, "metric": spec.metric,
+            "steps": plan.trial["steps"], "fold": plan.fold})
+        dev = record.get("dev_best") or {}
+        search["grid"].append(plan.learning_rate)
+        search["trials"].append({"rate": plan.learning_rate, "value": dev.get("value"), "step": dev.get("step"),
+                                 "status": record.get("status"), "run": plan.run_dir.name})
+    for (label, task), search in out.items():
+        scored = [t for t in search["trials"] if t["value"] is not None]
+        if scored:
+            pick = max if TASKS[task].higher_is_better else min
+            search["chosen"] = pick(scored, key=lambda t: t["value"])["rate"]
+    return out
 
 
 def _differences(old: Mapping, new: Mapping, prefix: str = "") -> List[str]:
@@ -327,4 +430,5 @@ def check_existing(plans: Sequence[RunPlan], force: bool) -> List[RunPlan]:
 
 
 __all__ = ["DEFAULT_TASKS", "DEFAULT_ER_FOLDS", "UpstreamSpec", "SuperbOptions", "RunPlan", "validate_upstreams",
-           "resolve_data", "plan_runs", "check_existing"]
+           "resolve_data", "plan_runs", "check_existing", "lr_suffix", "trial_overrides", "plan_lr_trials",
+           "choose_rates"]

@@ -315,7 +315,50 @@ def write_recipe(
     return record
 
 
+def resolve_recipe_data(task: str, data_root: Optional[PathLike] = None, datarc: Optional[Mapping] = None,
+                        test_fold: Optional[str] = None) -> dict:
+    """The data paths of ``task`` for a stand-alone recipe: found under ``data_root`` (a mini-SUPERB corpus or a
+    folder of the real datasets, checked as the runner checks it) and/or given in ``datarc`` (which wins). Every
+    data key must end up with a path: a missing one is refused by name, so no placeholder reaches s3prl."""
+    task = normalize_task(task, "task")
+    paths: dict = {}
+    if data_root is not None:
+        from .planning import resolve_data  # planning imports this module
+
+        folds = [_normalize_fold(task, test_fold)] if TASKS[task].folds and test_fold is not None else \
+            list(TASKS[task].folds[:1])
+        found, _ = resolve_data(data_root, [task], folds, {task: dict(datarc or {})})
+        paths.update(found[task])
+    for key, value in (datarc or {}).items():
+        if key not in TASKS[task].data_keys:
+            raise UserInputError(f"{task} has the data keys {list(TASKS[task].data_keys)}, not {key!r}", argument="datarc")
+        paths[key] = os.path.abspath(os.path.expanduser(str(value)))
+    missing = [k for k in TASKS[task].data_keys if k not in paths]
+    if missing:
+        raise UserInputError(
+            f"the {task} recipe needs the data path(s) {', '.join(missing)} (downstream_expert.datarc); give "
+            f"`data_root` (a mini-SUPERB corpus or the datasets' folder) or set them in `datarc`", argument="data_root")
+    return paths
+
+
+def write_user_recipe(path: PathLike, task: str, profile: str = "official", *, data_root: Optional[PathLike] = None,
+                      datarc: Optional[Mapping] = None, learning_rate: Optional[float] = None,
+                      test_fold: Optional[str] = None, overrides: Optional[Mapping] = None, force: bool = False) -> dict:
+    """A complete config for s3prl's own ``run_downstream -d <downstream> -c PATH``: the official recipe, the
+    profile merged in, the data paths filled (:func:`resolve_recipe_data`) and checked to leave no
+    ``<SET_BY_RUNNER:...>`` placeholder. Returns :func:`write_recipe`'s record."""
+    if profile not in available_profiles():
+        raise UserInputError(f"unknown profile {profile!r}; available: {available_profiles()}", argument="profile")
+    paths = resolve_recipe_data(task, data_root, datarc, test_fold)
+    config = load_recipe(task, profile, overrides, learning_rate=learning_rate, test_fold=test_fold, datarc=paths)
+    left = unfilled_placeholders(config)
+    if left:  # a placeholder outside the data keys: the recipe files and TASKS disagree
+        raise UserInputError(f"the {task} recipe still has placeholders at {', '.join(left)}", argument="datarc")
+    return write_recipe(path, task, profile, overrides, learning_rate=learning_rate, test_fold=test_fold,
+                        datarc=paths, force=force)
+
+
 __all__ = [
-    "recipes_dir", "available_profiles", "official_recipe", "load_profile", "load_recipe",
+    "resolve_recipe_data", "write_user_recipe", "recipes_dir", "available_profiles", "official_recipe", "load_profile", "load_recipe",
     "recipe_override_string", "write_recipe", "deep_merge", "expand_dotted", "unfilled_placeholders",
 ]

@@ -38,14 +38,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..io import OutputDir
 from . import recipe_files as rf
 from . import results as res
 from .launch import JobDetached, LaunchFunction, Launcher, LaunchRequest, as_launcher, s3prl_command
-from .leaderboard import COST_JSON, FILES
-from .planning import RunPlan, SuperbOptions, check_existing, plan_runs, resolve_data, validate_upstreams
+from .leaderboard import COST_JSON, FILES, LR_TRIAL
+from .planning import (
+    RunPlan, SuperbOptions, check_existing, choose_rates, plan_lr_trials, plan_runs, resolve_data, validate_upstreams,
+)
 from .runs import (
     RECIPE_NAME, RUN_FORMAT, RUNS_DIR, SID_CACHE_NAME, STATUS_FAILED, STATUS_FINISHED, STATUS_INTERRUPTED,
     STATUS_PLANNED, STATUS_TESTING, STATUS_TRAINING, SUPERB_FORMAT, SUPERB_JSON, TEST_LOG, TRAIN_LOG,
@@ -152,6 +154,7 @@ def _new_record(plan: RunPlan, opts: SuperbOptions) -> Dict[str, Any]:
         "wall_seconds": 0.0,
         "created_at": now(),
         "versions": {"s3prl": s3prl_version, "python": platform.python_version()},
+        **({LR_TRIAL: dict(plan.trial)} if plan.trial else {}),
     }
 
 
@@ -216,8 +219,15 @@ class _Step:
                                  learning_rate=plan.learning_rate, test_fold=plan.fold, datarc=plan.datarc, force=True)
         record["recipe"] = {k: recipe[k] for k in ("config_path", "sha256", "recipe_source", "changes")}
         record["learning_rate"] = {"override": plan.learning_rate, "effective": recipe["effective_learning_rate"],
-                                   "official": recipe["official_learning_rate"]}
+                                   "official": recipe["official_learning_rate"],
+                                   **({"search": plan.search} if plan.search else {})}
         if not record["train"].get("done") and not self.train(recipe["config_path"]):
+            return
+        if plan.trial:  # an exploration of the learning-rate search is scored on dev during training, not tested
+            dev = record.get("dev_best")
+            record.update(status=STATUS_FINISHED, error=None, finished_at=now())
+            self.report(f"explored lr {plan.learning_rate:g}: best {TASKS[plan.task].dev_split} "
+                        f"{TASKS[plan.task].metric} " + (f"{dev['value']:.4g} at step {dev['step']}" if dev else "none"))
             return
         self.test()
 
@@ -305,6 +315,8 @@ class _Step:
         split = TASKS[plan.task].evaluate_split
         log_file = expdir / "log.log"
         offset = log_file.stat().st_size if log_file.is_file() else 0
+        # --device explicitly: s3prl keeps the command line's device (default cuda) when resuming from -e CKPT, so
+        # without it an evaluation on a CPU machine fails with "Torch not compiled with CUDA enabled"
         args = ["-m", "evaluate", "-t", split, "-e", str(ckpt), "-o", f"args.expdir={self.expdir_arg!r}",
                 "--device", self.opts.device]
         code, start = self._launch("test", args, test_log, f"testing {kind} checkpoint {ckpt.name} on {split}",
@@ -410,14 +422,22 @@ def _cost_device(device: str, launcher: Launcher) -> str:
     return device
 
 
+def _delete_replaced(replace: Sequence[RunPlan]) -> None:
+    for plan in replace:
+        print(f"force: deleting {plan.run_dir} (recorded with another configuration)", flush=True)
+        shutil.rmtree(plan.run_dir)
+
+
 def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, None] = None,
                validate_hub: bool = True) -> Dict[str, Any]:
     """Run (or resume) every upstream x task of ``opts``; write the leaderboard at the end.
 
+    With ``opts.lr_search`` the exploration runs of the learning-rate search run first (:func:`.planning.plan_lr_trials`)
+    and every full run trains at the rate chosen on dev (:func:`.planning.choose_rates`).
     ``launcher``: a :class:`~.launch.Launcher` (default: :class:`~.launch.SubprocessLauncher`) or a function
     ``(command, log, cwd, env) -> status``. Returns ``{"runs": [run.json records in plan order], "failed": [...],
-    "leaderboard": {...} or None}``. Bad input raises :class:`UserInputError` before anything runs; a crash
-    inside s3prl only fails its run.
+    "detached": [...], "lr_search": {"label:task": search}, "leaderboard": {...} or None}``. Bad input raises
+    :class:`UserInputError` before anything runs; a crash inside s3prl only fails its run.
     """
     opts.validate()
     launcher = as_launcher(launcher)
@@ -426,27 +446,54 @@ def run_superb(opts: SuperbOptions, launcher: Union[Launcher, LaunchFunction, No
     if validate_hub:
         validate_upstreams(opts.upstreams)
     datarc, data_info = resolve_data(opts.data_root, opts.tasks, opts.er_folds, opts.datarc_overrides)
-    plans = plan_runs(opts, datarc, data_info)
-    replace = check_existing(plans, opts.force)
+    trials = plan_lr_trials(opts, datarc, data_info)
+    plans = [] if trials else plan_runs(opts, datarc, data_info)
+    replace = check_existing(trials or plans, opts.force)
     out.prepare()
     out.record(RUNS_DIR)
     _update_superb_json(opts, out, data_info)
-    for plan in replace:
-        print(f"force: deleting {plan.run_dir} (recorded with another configuration)", flush=True)
-        shutil.rmtree(plan.run_dir)
-    print(f"SUPERB: {len(opts.upstreams)} upstream(s) x {len(opts.tasks)} task(s) = {len(plans)} run(s) "
+    _delete_replaced(replace)
+    runs = len(opts.upstreams) * sum(len(opts.er_folds) if TASKS[t].folds else 1 for t in opts.tasks)
+    print(f"SUPERB: {len(opts.upstreams)} upstream(s) x {len(opts.tasks)} task(s) = {runs} run(s) "
           f"({'ER folds ' + ','.join(f[4:] for f in opts.er_folds) if 'er' in opts.tasks else 'no ER'}), profile "
           f"{opts.profile}, device {opts.device}, data {data_info['kind']} at {data_info['root']}, out {opts.out}",
           flush=True)
-    records = _run_all(plans, opts, launcher)
+    searches: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    records: List[Dict[str, Any]] = []
+    if trials:
+        steps = ", ".join(sorted({f"{p.task} {p.trial['steps']} steps" for p in trials}))
+        print(f"learning-rate search: {len(trials)} exploration run(s) ({steps}), scored on dev", flush=True)
+        records = _run_all(trials, opts, launcher)
+        if not any(r.get("detached") for r in records):  # jobs still out: the next call adopts them and chooses
+            searches = _report_search(choose_rates(trials, records))
+            plans = plan_runs(opts, datarc, data_info, searches)
+            _delete_replaced(check_existing(plans, opts.force))
+            records = _run_all(plans, opts, launcher)
+    else:
+        records = _run_all(plans, opts, launcher)
+    return _finish(opts, out, records, searches, cost_device)
+
+
+def _report_search(searches: Dict[Tuple[str, str], Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    for (label, task), search in searches.items():
+        scores = ", ".join(f"{t['rate']:g}: {'n/a' if t['value'] is None else format(t['value'], '.4g')}"
+                           for t in search["trials"])
+        chosen = f"{search['chosen']:g}" if search["chosen"] is not None else "none scored, the recipe's rate"
+        print(f"  {label}/{task}: best {search['split']} {search['metric']} ({scores}) -> lr {chosen}", flush=True)
+    return searches
+
+
+def _finish(opts: SuperbOptions, out, records: List[Dict[str, Any]], searches, cost_device: str) -> Dict[str, Any]:
+    """The summary of a call, and the leaderboard once every run has finished here."""
     detached = [r for r in records if r.get("detached")]
     failed = [r for r in records if r.get("status") != STATUS_FINISHED and not r.get("detached")]
-    summary: Dict[str, Any] = {"runs": records, "failed": failed, "detached": detached, "leaderboard": None}
+    summary: Dict[str, Any] = {"runs": records, "failed": failed, "detached": detached, "leaderboard": None,
+                               "lr_search": {f"{label}:{task}": s for (label, task), s in searches.items()}}
     if detached:
         print(f"{len(detached)} job(s) submitted and not waited for; run the same command again to collect them "
               "(it adopts them), or see their state with superb-status", flush=True)
     if opts.leaderboard and not detached:
-        from .leaderboard import COST_JSON, FILES, build_leaderboard, write_leaderboard
+        from .leaderboard import build_leaderboard, write_leaderboard
 
         board = build_leaderboard(opts.out, reference=opts.reference, device=cost_device,
                                   cost_seconds=opts.cost_seconds, cost_repeats=opts.cost_repeats, threads=opts.threads)

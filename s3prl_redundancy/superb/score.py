@@ -50,6 +50,10 @@ class ReferencePoint:
     topline: float
     site_key: str
 
+    def normalize(self, value):
+        """``1000 * (value - baseline) / (topline - baseline)``; ``value`` a number or a numpy array (resamples)."""
+        return 1000.0 * (value - self.baseline) / (self.topline - self.baseline)
+
     @property
     def higher_better(self) -> bool:
         """Accuracy-like metrics grow, error rates fall; the formula needs no flag, people reading a table do."""
@@ -95,8 +99,7 @@ def normalized_task_score(task: str, value: float) -> float:
     the site.
     """
     ref = reference_point(task)
-    number = _check_value(value, "value", f"the {ref.task} {ref.metric}")
-    return 1000.0 * (number - ref.baseline) / (ref.topline - ref.baseline)
+    return ref.normalize(_check_value(value, "value", f"the {ref.task} {ref.metric}"))
 
 
 def parameter_penalized(score: float, params_millions: float) -> float:

@@ -66,5 +66,6 @@ TASK = Task(
     tensorboard_prefix="asr",
     dataset_layout={"libri_root": ("LibriSpeech",), "bucket_file": ("LibriSpeech/len_for_bucket",),
                     "dict_path": ("LibriSpeech/char.dict", "{recipes}/asr/char.dict")},
-    check=check,
+    # one decade either side of the official 1e-4: ASR runs are the longest, so three explorations instead of four
+    check=check, lr_grid=(1e-3, 1e-4, 1e-5),
 )

@@ -52,6 +52,9 @@ class Task:
     dataset_layout: Mapping[str, Tuple[str, ...]]  # data key -> candidate paths under a --data-root of real datasets
     check: Callable[[Mapping[str, Any]], Dict[str, Any]]  # the layout check of a datarc (raises LayoutError)
     folds: Tuple[str, ...] = ()  # cross-validation folds (ER: fold1..fold5); () for a single run
+    # learning rates the learning-rate search tries by default (log scale around the official 1e-4; SUPERB tuned
+    # the rate per upstream and task on a log scale, s3prl issues #268 / #498)
+    lr_grid: Tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)
     aliases: Tuple[str, ...] = field(default=())  # other accepted names (s3prl's downstream name)
 
     @property

@@ -52,5 +52,6 @@ TASK = Task(
     metric="acc", higher_is_better=True, unit="fraction", evaluate_split="test", dev_split="dev",
     tensorboard_prefix="voxceleb1",
     dataset_layout={"file_path": ("VoxCeleb1",), "meta_data": ("VoxCeleb1/iden_split.txt",)},
-    check=check, aliases=("voxceleb1",),
+    # HuBERT Base SID: 81.4 % at 1e-1 but 67.4 % at the official 1e-4 (s3prl issue #268): search upwards
+    check=check, lr_grid=(1e-1, 1e-2, 1e-3, 1e-4), aliases=("voxceleb1",),
 )

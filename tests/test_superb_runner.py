@@ -733,6 +733,7 @@ def test_lr_grid_without_search_is_refused(fake, capsys):
     _, ckpts, tmp_path = fake
     with pytest.raises(UserInputError, match="lr_search: .*`lr_search=True`"):
         _options(ckpts, tmp_path, tasks="ks", lr_grid=["ks=1e-3"])
-    code = cli.main(["superb", "--upstreams", "base=hubert_local", "--tasks", "ks", "--data-root", str(tmp_path),
-                     "--out", str(tmp_path / "exp"), "--lr-search-steps", "3"])
+    code = cli.main(["superb", "--upstreams", "base=hubert_local", "--upstream-args", f"base:k={ckpts['base']}",
+                     "--tasks", "ks", "--data-root", str(tmp_path), "--out", str(tmp_path / "exp"),
+                     "--lr-search-steps", "3"])
     assert code != 0 and "--lr-search" in capsys.readouterr().err

@@ -48,11 +48,14 @@ def test_every_report_section_has_content(demo_out):
         assert len(manifest["removed_layers"]) == 2 and len(manifest["keep_layers"]) == 4  # 40% of 6 layers
         assert f"| {strategy} | {manifest['keep_layers']} |" in sections[1]
     assert re.search(r"\| parameters \| [\d,]+ \| [\d,]+ \| 0\.0\d+ \|", sections[2])  # replaced stack, a few percent
+    # the whole upstream: the light front end's student beside the teacher-front-end one
+    assert re.search(r"\| distilled \| teacher's \(frozen\) \| 0\.\d{3} \|", sections[2])
+    assert re.search(r"\| distilled_light \| light \(\d+ channels\) \| 0\.\d{3} \|", sections[2])
     board = json.loads((out / "superb" / "leaderboard.json").read_text())
     rows = board["rows"] if isinstance(board, dict) and "rows" in board else board
-    assert len(rows) == 4
-    assert sections[4].count("\n| ") >= 5  # header + 4 upstreams
-    for name in ("original", "pruned_block_influence", "pruned_backward", "distilled"):
+    assert len(rows) == 5
+    assert sections[4].count("\n| ") >= 6  # header + 5 upstreams
+    for name in ("original", "pruned_block_influence", "pruned_backward", "distilled", "distilled_light"):
         # a KS accuracy with its 95 % interval for every upstream
         assert re.search(rf"\| {name} \| \d+\.\d \[\d+\.\d, \d+\.\d\] \|", sections[4]), name
     assert "SUPERB score over KS, SID" in sections[4] and "not a measurement" in sections[4]
@@ -71,7 +74,7 @@ def test_headline_table_is_a_measurement_with_paired_intervals(demo_out):
     section = re.split(r"^## ", md, flags=re.M)[4]
     probe = json.loads((out / "probe" / "probe.json").read_text())
     assert probe["test_clips"] == 10 * probe["test_voices"]
-    for name in ("pruned_block_influence", "pruned_backward", "distilled"):
+    for name in ("pruned_block_influence", "pruned_backward", "distilled", "distilled_light"):
         cap = probe["rows"][name]["capacity"]
         assert cap["low"] <= cap["point"] <= cap["high"] and cap["verdict"] in ("indistinguishable", "distinguishable")
         interval = r"\d+\.\d \[\d+\.\d, \d+\.\d\] \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \| (in)?distinguishable"

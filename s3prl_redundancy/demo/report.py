@@ -11,7 +11,7 @@ import html
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 Block = Tuple  # ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", path, caption)
 
@@ -132,12 +132,26 @@ def build_blocks(out: Path, plan_log: Sequence[Dict], upstream: str) -> List[Blo
                            [[str(e["layer"]), f"{e['cka']:.3f}", f"{e['input_cka']:.3f}", f"{e['mse']:.3g}"] for e in layers]))
         for png in sorted((out / "distilled").glob("*.png")):
             blocks.append(("img", png, png.stem.replace("_", " ")))
+        blocks += _whole_upstream_blocks(out, r)
     blocks += _probe_blocks(out) + _leaderboard_blocks(out)
     blocks += [("h2", "How this was made"),
                ("table", ["stage", "status", "wall seconds", "CPU seconds"],
                 [[e["stage"], e["status"], f"{e['seconds']:,.1f}" if "seconds" in e else "",
                   f"{e['cpu_seconds']:,.1f}" if "cpu_seconds" in e else ""] for e in plan_log])]
     return blocks
+
+
+def _whole_upstream_blocks(out: Path, teacher_front_end: Mapping[str, Any]) -> List[Block]:
+    """The whole distilled upstream (front end included) against the teacher: today's student, whose front end
+    is the teacher's, beside the student whose front end was distilled too."""
+    from ..distill.report import WHOLE_UPSTREAM_HEADER, whole_upstream_rows
+
+    light = out / "distilled_light" / "report.json"
+    reports = {"distilled": teacher_front_end}
+    if light.is_file():
+        reports["distilled_light"] = json.loads(light.read_text())
+    return [("p", "The whole upstream, front end included, as a fraction of the teacher (latency on this CPU):"),
+            ("table", WHOLE_UPSTREAM_HEADER, whole_upstream_rows(reports))]
 
 
 def _distill_cost_rows(r):

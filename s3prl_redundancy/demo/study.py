@@ -130,18 +130,12 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
         pruned[strategy] = folder
     paths["pruned"] = pruned
 
-    teacher = plan.source
-    distill = ["distill", "--teacher", teacher["entry"], "--data", str(speech), "--out", str(paths["distilled"]),
-               "--steps", "40" if plan.quick else "400", "--batch-size", "4", "--max-seconds", "4",
-               "--save-every", "100", "--device", plan.device, "--no-progress",
-               "--force"]  # not done: start over, deleting only what an interrupted distill stage wrote
-    if teacher["ckpt"]:
-        distill += ["--ckpt", teacher["ckpt"]]
-    if plan.quick:
-        distill += ["--report-repeats", "2"]
-    _run(plan, "distill", distill, paths["distilled"] / "student.pt")
+    paths["distilled_light"] = out / "distilled_light"
+    for label, front_end in (("distilled", "teacher"), ("distilled_light", "light")):
+        _distill_stage(plan, speech, paths[label], front_end)
 
-    paths["probe"] = _probe_stage(plan, pruned, paths["distilled"])
+    students = {label: paths[label] / "student.pt" for label in ("distilled", "distilled_light")}
+    paths["probe"] = _probe_stage(plan, pruned, students)
 
     labels = [f"original={plan.upstream}"]
     upstream_args = []
@@ -149,8 +143,9 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
         label = f"pruned_{strategy.replace('-', '_')}"
         labels.append(f"{label}=pruned_{_family(plan)}")
         upstream_args += ["--upstream-args", f"{label}:k={folder / 'pruned.pt'}"]
-    labels.append(f"distilled=distilled_{_family(plan)}")
-    upstream_args += ["--upstream-args", f"distilled:k={paths['distilled'] / 'student.pt'}"]
+    for label, student in students.items():
+        labels.append(f"{label}=distilled_{_family(plan)}")
+        upstream_args += ["--upstream-args", f"{label}:k={student}"]
     superb = ["superb", "--upstreams", ",".join(labels), "--tasks", ",".join(plan.tasks), "--data-root", str(corpus),
               "--out", str(paths["superb"]), "--profile", "smoke", "--device", plan.device, "--threads", "1",
               "--jobs", str(min(2, os.cpu_count() or 1)),  # one single-threaded s3prl process per core
@@ -163,12 +158,26 @@ def run_study(plan: StudyPlan) -> Dict[str, Path]:
     return paths
 
 
-def _probe_stage(plan: StudyPlan, pruned: Dict[str, Path], distilled: Path) -> Path:
+def _distill_stage(plan: StudyPlan, speech: Path, folder: Path, front_end: str) -> None:
+    """A student with the teacher's frozen CNN front end, or with a light one distilled too (``--front-end``)."""
+    teacher = plan.source
+    argv = ["distill", "--teacher", teacher["entry"], "--data", str(speech), "--out", str(folder),
+            "--front-end", front_end, "--steps", "40" if plan.quick else "400", "--batch-size", "4",
+            "--max-seconds", "4", "--save-every", "100", "--device", plan.device, "--no-progress",
+            "--force"]  # not done: start over, deleting only what an interrupted distill stage wrote
+    if teacher["ckpt"]:
+        argv += ["--ckpt", teacher["ckpt"]]
+    if plan.quick:
+        argv += ["--report-repeats", "2"]
+    _run(plan, f"distill ({front_end} front end)", argv, folder / "student.pt")
+
+
+def _probe_stage(plan: StudyPlan, pruned: Dict[str, Path], students: Dict[str, Path]) -> Path:
     """The measurement (:mod:`.probe`): every upstream's keyword probe on unseen voices, paired with the original."""
     upstreams = {"original": (plan.upstream, None),
                  **{f"pruned_{s.replace('-', '_')}": (f"pruned_{_family(plan)}", str(f / "pruned.pt"))
                     for s, f in pruned.items()},
-                 "distilled": (f"distilled_{_family(plan)}", str(distilled / "student.pt"))}
+                 **{label: (f"distilled_{_family(plan)}", str(path)) for label, path in students.items()}}
     folder = plan.out / "probe"
     voices = plan.probe_voices or (probe.QUICK_VOICES if plan.quick else probe.VOICES)
     _run_step(plan, f"probe (KS, {voices} unseen voices)",

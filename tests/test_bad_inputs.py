@@ -289,8 +289,9 @@ def _interrupted_after_first_checkpoint(argv, checkpoint: Path, cwd):
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "s3prl_redundancy.cli", *argv], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not checkpoint.is_file() and proc.poll() is None and time.time() < deadline:
+    for _ in range(1200):  # a bounded wait (up to about 2 minutes) for the first checkpoint
+        if checkpoint.is_file() or proc.poll() is not None:
+            break
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)

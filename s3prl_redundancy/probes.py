@@ -81,13 +81,21 @@ def group_split(groups: Sequence[Hashable], test_fraction: float = 0.3, seed: in
     return ~test, test
 
 
-def probe_features(features: Sequence[np.ndarray], labels: Sequence[Hashable], groups: Sequence[Hashable],
-                   test_fraction: float = 0.3, seed: int = 0, C: float = 1.0) -> Dict[str, Any]:
-    """Train/test a logistic regression on each layer's pooled features; per-layer test accuracy."""
+def fit_predict(features: np.ndarray, labels: np.ndarray, train: np.ndarray, C: float = 1.0) -> np.ndarray:
+    """Predicted labels of the test rows (``~train``) of the probe every measurement here uses: a standardised
+    logistic regression fit on the ``train`` rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
+    clf.fit(features[train], labels[train])
+    return clf.predict(features[~train])
+
+
+def probe_features(features: Sequence[np.ndarray], labels: Sequence[Hashable], groups: Sequence[Hashable],
+                   test_fraction: float = 0.3, seed: int = 0, C: float = 1.0) -> Dict[str, Any]:
+    """Train/test a logistic regression on each layer's pooled features; per-layer test accuracy."""
     labels = np.asarray([repr(l) if not isinstance(l, (int, np.integer, str)) else l for l in labels])
     train, test = group_split(list(groups), test_fraction, seed)
     classes = np.unique(labels[train])
@@ -97,9 +105,7 @@ def probe_features(features: Sequence[np.ndarray], labels: Sequence[Hashable], g
     for X in features:
         if len(X) != len(labels):
             raise ValueError(f"{len(X)} feature rows for {len(labels)} labels")
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-        clf.fit(X[train], labels[train])
-        accs.append(float((clf.predict(X[test]) == labels[test]).mean()))
+        accs.append(float((fit_predict(X, labels, train, C) == labels[test]).mean()))
     _, counts = np.unique(labels[test], return_counts=True)
     return {"accuracy": accs, "best_layer": int(np.argmax(accs)), "chance": 1.0 / len(classes),
             "majority": float(counts.max() / counts.sum()), "n_train": int(train.sum()), "n_test": int(test.sum()),

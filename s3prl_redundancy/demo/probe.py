@@ -54,17 +54,6 @@ def probe_features(entry: str, ckpt: Optional[str], wavs: Sequence[np.ndarray], 
     return {"all": np.mean(per_layer, axis=0), "last": per_layer[-1]}
 
 
-def fit_predict(features: np.ndarray, labels: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """Predictions on the test rows (``~train``) of a standardised logistic regression fit on ``train``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000))
-    clf.fit(features[train], labels[train])
-    return clf.predict(features[~train])
-
-
 def _write_predictions(folder: Path, names: Sequence[str], truth: Sequence[str], predicted: Sequence[str]) -> Tuple[Path, Path]:
     """``test_predict.txt`` / ``test_truth.txt`` in s3prl's KS format (``<file> <label>`` lines)."""
     predict = atomic_write_text(folder / "test_predict.txt", "".join(f"{n} {p}\n" for n, p in zip(names, predicted)))
@@ -97,7 +86,7 @@ def measure(upstreams: Mapping[str, Tuple[str, Optional[str]]], reference: str, 
     (accuracy with its Wilson interval, capacity kept against ``reference`` with its paired bootstrap interval
     and verdict); return the record."""
     from ..pretrain.data import ks_probe_set
-    from ..probes import group_split
+    from ..probes import fit_predict, group_split
 
     items = ks_probe_set(n_voices=voices, seed=1, workers=workers)
     wavs = [w for w, _, _ in items]
@@ -127,4 +116,4 @@ def measure(upstreams: Mapping[str, Tuple[str, Optional[str]]], reference: str, 
     return record
 
 
-__all__ = ["VOICES", "QUICK_VOICES", "RESULT", "WIDTH_GOAL", "VIEWS", "probe_features", "fit_predict", "measure"]
+__all__ = ["VOICES", "QUICK_VOICES", "RESULT", "WIDTH_GOAL", "VIEWS", "probe_features", "measure"]

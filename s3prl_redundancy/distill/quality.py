@@ -24,17 +24,6 @@ import numpy as np
 FEATURES = "layer_average"  # the feature the capacity is computed on (fixed in advance)
 
 
-def probe_predictions(features: np.ndarray, labels: np.ndarray, train: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Predicted labels of the test rows (``~train``): the probe of :func:`s3prl_redundancy.probes.probe_features`."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
-    clf.fit(features[train], labels[train])
-    return clf.predict(features[~train])
-
-
 def upstream_features(upstream, wavs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
     """``{"layer<i>": (N, D)}`` mean-pooled per hidden state, plus their uniform average ``layer_average``."""
     from ..probes import pooled_features
@@ -47,7 +36,7 @@ def upstream_features(upstream, wavs: Sequence[np.ndarray]) -> Dict[str, np.ndar
 
 def ks_scores(upstreams: Mapping[str, Any], items, test_fraction: float = 0.3, seed: int = 0) -> Dict[str, Any]:
     """Per upstream and feature, the correctness of every test clip (``ItemScores``) and its accuracy."""
-    from ..probes import group_split
+    from ..probes import fit_predict, group_split
     from ..superb.intervals import ItemScores
 
     wavs, labels, groups = zip(*items)
@@ -58,7 +47,7 @@ def ks_scores(upstreams: Mapping[str, Any], items, test_fraction: float = 0.3, s
     for name, upstream in upstreams.items():
         scores[name] = {}
         for feature, x in upstream_features(upstream, wavs).items():
-            correct = (probe_predictions(x, labels, train, seed) == labels[test]).astype(np.float64)
+            correct = (fit_predict(x, labels, train) == labels[test]).astype(np.float64)
             scores[name][feature] = ItemScores(names, correct, np.ones_like(correct), "acc")
     return {"scores": scores, "n_test": int(test.sum()), "test_voices": len(set(np.asarray(groups)[test].tolist())),
             "classes": int(len(set(labels.tolist())))}

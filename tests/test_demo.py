@@ -101,5 +101,5 @@ def test_second_run_reuses_every_stage(demo_out):
     proc = run_python(["-m", "s3prl_redundancy.cli", "demo", "--quick", *PROBE, "--out", str(out)], cwd=out.parent,
                       timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("reused") == 7  # corpus, similarity, 2 x prune, distill, probe, superb
+    assert proc.stdout.count("reused") == 8  # corpus, similarity, 2 x prune, 2 x distill, probe, superb
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}

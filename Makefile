@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv demo test test-all test-s3prl doctor bench ks-check clean-venv system-deps
+.PHONY: venv demo test test-slow test-all test-s3prl doctor bench ks-check clean-venv system-deps
 
 venv: $(STAMP)
 
@@ -39,8 +39,15 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/s3prl-redundancy demo
 
+# the default run: unit and integration tests (a few minutes on 2 cores); tests marked `slow` (whole runs through
+# s3prl's run_downstream, the demo, several processes: about 9 more minutes) run with `make test-slow`; CI runs both
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: test test-slow
 
 # s3prl's own offline test suite (from the sdist of the installed s3prl) with this plugin installed: a
 # regression check that the compatibility shims keep s3prl working. Left-out tests and why: in the script.

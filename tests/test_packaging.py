@@ -23,6 +23,24 @@ def wheel(tmp_path_factory):
     return path
 
 
+def test_setup_cfg_lists_every_package_of_the_tree():
+    """setup.cfg names packages explicitly: a package folder missing there is missing from the wheel (an
+    editable install hides that)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    installed_as = {"s3prl_redundancy": "s3prl_redundancy", "upstreams": "s3prl_redundancy.upstreams",
+                    "downstream_recipes": "s3prl_redundancy.downstream_recipes"}
+    found = set()
+    for top, name in installed_as.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed, (sorted(found - listed), sorted(listed - found))
+
+
 @pytest.mark.slow
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())

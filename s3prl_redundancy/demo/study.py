@@ -64,29 +64,26 @@ def _cpu_seconds() -> float:
 
 
 def _run(plan: StudyPlan, name: str, argv: List[str], done: Path) -> None:
+    """A stage that is one ``s3prl-redundancy`` command, reused when ``done`` exists."""
     from ..cli import main
 
+    def step() -> None:
+        code = main(argv)
+        if code != 0:
+            raise RuntimeError(f"demo stage {name!r} failed (exit {code}); its command is printed above. Fix the "
+                               "cause and run the demo again: finished stages are reused.")
+
+    _run_step(plan, name, step, done, shown=f"{name}: s3prl-redundancy {' '.join(argv)}")
+
+
+def _run_step(plan: StudyPlan, name: str, step, done: Path, shown: str = "") -> None:
+    """A stage computed by ``step()``, reused like the others when ``done`` exists; its wall and CPU seconds
+    are logged."""
     if done.exists():
         print(f"[demo] {name}: done earlier ({done}), reused", flush=True)
         plan.log.append({"stage": name, "status": "reused", "output": str(done)})
         return
-    print(f"[demo] {name}: s3prl-redundancy {' '.join(argv)}", flush=True)
-    start, cpu = time.time(), _cpu_seconds()
-    code = main(argv)
-    if code != 0:
-        raise RuntimeError(f"demo stage {name!r} failed (exit {code}); its command is printed above. Fix the cause "
-                           "and run the demo again: finished stages are reused.")
-    plan.log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1),
-                     "cpu_seconds": round(_cpu_seconds() - cpu, 1), "output": str(done)})
-
-
-def _run_step(plan: StudyPlan, name: str, step, done: Path) -> None:
-    """A stage computed in this process (no command of its own), reused like the others when ``done`` exists."""
-    if done.exists():
-        print(f"[demo] {name}: done earlier ({done}), reused", flush=True)
-        plan.log.append({"stage": name, "status": "reused", "output": str(done)})
-        return
-    print(f"[demo] {name}", flush=True)
+    print(f"[demo] {shown or name}", flush=True)
     start, cpu = time.time(), _cpu_seconds()
     step()
     plan.log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1),

@@ -20,6 +20,7 @@ from s3prl_redundancy.distill.trainer import DistillConfig, Trainer, distill
 from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.families import FAMILIES
 from s3prl_redundancy.testing.audio import random_wavs, write_tone_corpus
+from s3prl_redundancy.testing.processes import interrupt_at_step
 from s3prl_redundancy.testing.models import build_checkpoint
 
 FAMS = ("hubert", "wav2vec2", "wavlm")
@@ -134,17 +135,10 @@ def test_light_resume_continues_exactly_across_the_stage_boundary(corpus, tiny_c
     distill(config(tiny_ckpts["wavlm"], corpus, straight, family="wavlm", **common))
 
     interrupted = tmp_path / "interrupted"
-    original = Trainer.step_losses
-
-    def crash_at_step_5(self, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "step_losses", crash_at_step_5)
+    interrupt_at_step(monkeypatch, Trainer, "step_losses", 4)  # during step 5
     with pytest.raises(KeyboardInterrupt):
         distill(config(tiny_ckpts["wavlm"], corpus, interrupted, family="wavlm", **common))
-    monkeypatch.setattr(Trainer, "step_losses", original)
+    monkeypatch.undo()
     assert torch.load(interrupted / outputs.STATE, weights_only=True)["step"] == 3
     distill(config(tiny_ckpts["wavlm"], corpus, interrupted, family="wavlm", resume=True, **common))
     a, b = read_log(straight), read_log(interrupted)

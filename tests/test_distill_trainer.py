@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from s3prl_redundancy.errors import UserInputError
 from s3prl_redundancy.distill import outputs
 from s3prl_redundancy.distill.sampling import GlobalBatches, shard
 from s3prl_redundancy.testing.audio import write_tone_corpus
+from s3prl_redundancy.testing.processes import interrupt_at_step, run_gloo_ranks
 from s3prl_redundancy.distill.trainer import DistillConfig, Trainer, TrainingDivergedError, distill, masked_losses
 
 
@@ -112,17 +112,10 @@ def test_resume_continues_exactly(corpus, tiny_ckpts, tmp_path, monkeypatch):
 
     # the interrupted run crashes during step 5: the checkpoint is at step 3, the log already has step 4
     interrupted = tmp_path / "interrupted"
-    original = Trainer.step_losses
-
-    def crash_at_step_5(self, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "step_losses", crash_at_step_5)
+    interrupt_at_step(monkeypatch, Trainer, "step_losses", 4)  # during step 5
     with pytest.raises(KeyboardInterrupt):
         distill(config(tiny_ckpts["wav2vec2"], corpus, interrupted, **common))
-    monkeypatch.setattr(Trainer, "step_losses", original)
+    monkeypatch.undo()
     assert [r["step"] for r in read_log(interrupted)] == ["1", "2", "3", "4"]
     state = torch.load(interrupted / outputs.STATE, weights_only=True)
     assert state["step"] == 3 and state["data_position"]["samples_seen"] == 12
@@ -147,19 +140,6 @@ def test_resume_continues_exactly(corpus, tiny_ckpts, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- distributed
-def _ddp_worker(rank, world, init_file, cfg_kwargs):
-    import torch.distributed as dist
-
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        distill(DistillConfig(**cfg_kwargs))
-        dist.destroy_process_group()
-    except Exception:
-        Path(cfg_kwargs["out"], f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("front_end", ["teacher", "light"])
 def test_two_gloo_ranks_equal_one_process(front_end, corpus, layer_norm_cnn_teacher, tmp_path):
@@ -169,23 +149,13 @@ def test_two_gloo_ranks_equal_one_process(front_end, corpus, layer_norm_cnn_teac
     variance weighting. The transformer mimicker's key bias has a gradient that is zero but for rounding (softmax
     ignores a constant added to every key), which Adam turns into steps of noise once the loss is weighted; so
     the transformer case keeps plain MSEs and the weighted case uses the mlp mimicker."""
-    import torch.multiprocessing as mp
-
     kw = dict(steps=4, save_every=2, targets="2,4", arch="transformer", hidden=16, layer_weighting="none")
     if front_end == "light":
         kw.update(front_end="light", front_end_steps=1, front_end_channels=16, arch="mlp", layer_weighting="variance")
     single = tmp_path / "single"
     distill(config(layer_norm_cnn_teacher, corpus, single, **kw))
     ddp = tmp_path / "ddp"
-    cfg = vars(config(layer_norm_cnn_teacher, corpus, ddp, **kw))
-    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "store"), cfg), nprocs=2, join=False,
-                             start_method="spawn")
-    try:
-        while not ctx.join(timeout=120):
-            pass
-    except Exception:
-        errors = "\n".join(p.read_text() for p in ddp.glob("rank*.err"))
-        pytest.fail(f"a rank failed:\n{errors}")
+    run_gloo_ranks(distill, config(layer_norm_cnn_teacher, corpus, ddp, **kw), ddp, tmp_path / "store")
     a, b = read_log(single), read_log(ddp)
     assert len(a) == len(b) == 4
     for ra, rb in zip(a, b):
@@ -354,31 +324,12 @@ def test_output_folder_of_another_run_is_refused_resumed_or_replaced(corpus, tin
 @pytest.mark.parametrize("family", ["hubert", "wavlm"])
 def test_family_name_means_s3prls_default_weights(family, corpus, tiny_ckpts, tmp_path, monkeypatch):
     """``--teacher hubert`` fetches exactly the URL of s3prl's own ``hubert`` entry, with s3prl's downloader."""
-    import importlib
+    from s3prl_redundancy.testing.processes import capture_default_download
 
-    import s3prl.util.download as download
+    asked = capture_default_download(monkeypatch, family, tiny_ckpts[family])
 
     from s3prl_redundancy.families import FAMILIES
 
-    hubconf = importlib.import_module(f"s3prl.upstream.{family}.hubconf")
-    asked = {}
-
-    class Stop(Exception):
-        pass
-
-    def capture(url, refresh=False, **kw):
-        asked["s3prl"] = url
-        raise Stop
-
-    monkeypatch.setattr(hubconf, "_urls_to_filepaths", capture)
-    with pytest.raises(Stop):
-        getattr(hubconf, FAMILIES[family].default_entry)()
-
-    def fake_download(url, refresh=False, **kw):
-        asked["ours"] = url
-        return str(tiny_ckpts[family])
-
-    monkeypatch.setattr(download, "_urls_to_filepaths", fake_download)
     cfg = config(None, corpus, tmp_path / "run", steps=1)
     cfg.teacher, cfg.ckpt = family, None
     manifest = distill(cfg)

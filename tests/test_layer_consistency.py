@@ -4,6 +4,7 @@ depth, resumes exactly, two gloo ranks equal one process) and the shallow-layer-
 from __future__ import annotations
 
 import json
+import re
 import traceback
 from pathlib import Path
 
@@ -200,6 +201,114 @@ def test_lc_finetuning_refuses_bad_input_before_writing(preln_hubert, tiny_ckpts
             lc_finetune(_cfg(preln_hubert, corpus, out, **kw))
         assert e.value.argument == arg, (kw, e.value)
         assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- masked prediction
+@pytest.fixture(scope="module")
+def tiny_style(tmp_path_factory, corpus):
+    """A pretrain-tiny-style checkpoint (linear head over 8 clusters) and the MFCC k-means centres of ``corpus``."""
+    from s3prl_redundancy.audio import AudioDataset
+    from s3prl_redundancy.pretrain.model import hubert_local_checkpoint
+    from s3prl_redundancy.pretrain.targets import build_targets
+
+    folder = tmp_path_factory.mktemp("tiny_style")
+    model, cfg = _small_model(seed=3)
+    path = folder / "tiny.pt"
+    torch.save(hubert_local_checkpoint(model, cfg, 8, half=False, extra={"steps": 0}), path)
+    data = AudioDataset.from_data(str(corpus))
+    wavs = [data[i][1].numpy() for i in range(len(data))]
+    np.save(folder / "centres.npy", build_targets(wavs, n_clusters=8, seed=0)[1])
+    return path, folder / "centres.npy"
+
+
+def test_masked_prediction_term_is_the_heads_cross_entropy_on_masked_frames(tiny_style, corpus, tmp_path):
+    """The first step's CE equals an independent computation: the batch, its span mask, the depth-k output
+    of the masked input through the exit norm, the linear head, cross-entropy on the masked frames."""
+    import torch.nn.functional as F
+
+    from s3prl_redundancy.layer_consistency.finetune import LCFinetuner
+    from s3prl_redundancy.pretrain.model import mask_indices
+    from s3prl_redundancy.pretrain.targets import mfcc39, num_frames
+
+    ckpt, centres = tiny_style
+    runner = LCFinetuner(_cfg(ckpt, corpus, tmp_path / "ft", targets=str(centres), steps=2))
+    runner.prepare()
+    model = runner.model
+    wav, labels = runner.batches.batch(0)
+    c = np.load(centres)
+    for row, (w, lab) in enumerate(zip(wav, labels)):  # a crop's labels are the nearest centres of its frames
+        i = next(i for i, u in enumerate(runner.train_wavs) if len(u) >= len(w) and any(
+            np.array_equal(u[o : o + len(w)], w) for o in range(0, len(u) - len(w) + 1, 320)))
+        full = ((mfcc39(runner.train_wavs[i])[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+        assert any(np.array_equal(full[f : f + len(lab)], lab) for f in range(len(full) - len(lab) + 1))
+        assert len(lab) == num_frames(len(w))
+    depth = lc.sample_depth(0, 0, runner.depth_range)
+    with torch.no_grad():
+        x = lc.transformer_input(model, torch.as_tensor(wav))[0]
+        mask = torch.as_tensor(mask_indices(model, len(wav), x.shape[1], [0, 0, 1]))
+        x = torch.where(mask[..., None], model.mask_emb, x)
+        logits = model.final_proj(lc.encode_to_depth(model, x, depth))
+        expected = F.cross_entropy(logits[mask], torch.as_tensor(labels)[mask])
+    stats = runner.step(0)
+    assert stats["depth"] == depth
+    assert stats["ce_masked"] == pytest.approx(float(expected), rel=1e-5)
+    assert stats["loss"] == pytest.approx(stats["ce_masked"] + stats["mse"] + stats["cos"], rel=1e-5)
+
+
+def test_cosine_head_is_hubert_s_own_logits(preln_hubert):
+    """For a HuBERT checkpoint (no pretrain-tiny key) the head is HuBERT's: s3prl's compute_nce over every
+    label embedding, the positive first; its cross-entropy is ours."""
+    import torch.nn.functional as F
+
+    from s3prl_redundancy.families import FAMILIES
+    from s3prl_redundancy.pretrain.model import COSINE_HEAD, head_kind, prediction_logits, target_classes
+
+    ckpt = torch.load(preln_hubert, weights_only=True)
+    assert head_kind(ckpt) == COSINE_HEAD and target_classes(ckpt) == 8
+    model = FAMILIES["hubert"].trained_model(ckpt).eval()
+    y, target = torch.randn(30, model.final_proj.in_features), torch.randint(0, 8, (30,))
+    with torch.no_grad():
+        embs = model.label_embs_concat
+        nce = model.compute_nce(model.final_proj(y), embs[target], embs.unsqueeze(1).expand(-1, 30, -1))
+        ours = prediction_logits(model, y, COSINE_HEAD)
+    torch.testing.assert_close(F.cross_entropy(ours, target), F.cross_entropy(nce, torch.zeros(30, dtype=torch.long)))
+
+
+def test_lc_finetuning_with_targets_resumes_exactly_and_learns_the_targets(tiny_style, corpus, tmp_path):
+    from s3prl_redundancy.layer_consistency.finetune import lc_finetune
+
+    ckpt, centres = tiny_style
+    kw = dict(targets=str(centres), steps=20, save_every=5)
+    straight = lc_finetune(_cfg(ckpt, corpus, tmp_path / "a", **kw))
+    lc_finetune(_cfg(ckpt, corpus, tmp_path / "b", stop_after=7, **kw))
+    resumed = lc_finetune(_cfg(ckpt, corpus, tmp_path / "b", resume=True, **kw))
+    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+    evals = straight["heldout_depth_losses"]  # the random head learns the cluster labels at every depth
+    before, after = evals["acc_masked_before"], evals["acc_masked_after"]
+    assert set(before) == set(after) == {1, 2, 3, 4}
+    assert all(after[k] > before[k] + 0.05 for k in before), (before, after)
+    assert torch.load(tmp_path / "a" / "lc_hubert.pt", weights_only=True)[lc.META_KEY]["loss"]["mp_weight"] == 1.0
+
+
+def test_targets_are_checked_before_writing(tiny_style, tiny_ckpts, corpus, tmp_path):
+    from s3prl_redundancy.layer_consistency.finetune import lc_finetune
+
+    ckpt, centres = tiny_style
+    np.save(tmp_path / "k5.npy", np.zeros((5, 39), np.float32))
+    np.save(tmp_path / "d13.npy", np.zeros((8, 13), np.float32))
+    np.savez(tmp_path / "nocentres.npz", labels=np.zeros(3))
+    out = tmp_path / "never"
+    for targets, says in [("missing.npy", "no such file"), ("k5.npy", "5 centres"), ("d13.npy", "(K, 39)"),
+                          ("nocentres.npz", "no `centres`")]:
+        with pytest.raises(UserInputError, match=re.escape(says)) as e:
+            lc_finetune(_cfg(ckpt, corpus, out, targets=str(tmp_path / targets)))
+        assert e.value.argument == "targets" and not out.exists()
+    with pytest.raises(UserInputError, match="prediction head") as e:
+        lc_finetune(_cfg(tiny_ckpts["wav2vec2"], corpus, out, upstream="wav2vec2_local", targets=str(centres)))
+    assert e.value.argument == "targets" and not out.exists()
+    with pytest.raises(UserInputError) as e:
+        lc_finetune(_cfg(ckpt, corpus, out, targets=str(centres), mp_weight=-1.0))
+    assert e.value.argument == "mp_weight" and not out.exists()
 
 
 def _gloo_worker(rank, world, init_file, cfg_kwargs):

@@ -214,29 +214,9 @@ def test_pickled_objects_are_never_executed(tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_default_weights_are_those_of_s3prls_default_entry(family, tiny_ckpts, monkeypatch, tmp_path):
     """With no -k, a pruned entry downloads exactly what s3prl's own hubert/wav2vec2/wavlm entry downloads."""
-    import importlib
+    from s3prl_redundancy.testing.processes import capture_default_download
 
-    import s3prl.util.download as download
-
-    hubconf = importlib.import_module(f"s3prl.upstream.{family}.hubconf")
-    asked = {}
-
-    class Stop(Exception):
-        pass
-
-    def capture(url, refresh=False, **kw):
-        asked["s3prl"] = url
-        raise Stop
-
-    monkeypatch.setattr(hubconf, "_urls_to_filepaths", capture)
-    with pytest.raises(Stop):
-        getattr(hubconf, FAMILIES[family].default_entry)()
-
-    def fake_download(url, refresh=False, **kw):
-        asked["ours"] = url
-        return str(tiny_ckpts[family])
-
-    monkeypatch.setattr(download, "_urls_to_filepaths", fake_download)
+    asked = capture_default_download(monkeypatch, family, tiny_ckpts[family])
     config = tmp_path / "k.yaml"
     config.write_text("keep_layers: [0, 1]\n")
     upstream = ENTRIES[family](model_config=str(config))

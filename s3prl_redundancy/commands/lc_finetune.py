@@ -1,7 +1,8 @@
 """``s3prl-redundancy lc-finetune``: layer-consistency fine-tuning, so every prefix of k layers gives usable features.
 
 Continues training an unshared pretrained model (a ``hubert_local`` checkpoint, ``tiny_hubert``, or s3prl's
-``hubert`` weights) with a sampled exit depth against its frozen original's final layer (arXiv 2105.00812).
+``hubert`` weights) with a sampled exit depth against its frozen original's final layer (arXiv 2105.00812), plus HuBERT's
+masked-prediction loss at that depth when ``--targets`` gives the k-means centres it was pretrained against.
 Writes ``lc_hubert.pt`` (s3prl's ``hubert_local`` format; serve its first k layers with
 ``-u lc_hubert -k lc_hubert.pt -g depth.yaml``), ``history.json``, ``manifest.json``, ``loss_curve.png`` and
 the resumable ``train_state.pt`` into ``--out``. One process, or ``torchrun --nproc_per_node N``.
@@ -26,6 +27,11 @@ def add_arguments(parser):
     parser.add_argument("--depth-range", metavar="LO,HI", help="exit depths drawn uniformly per step (default 1,L: every depth)")
     parser.add_argument("--mse-weight", type=float, default=1.0, help="weight of the frame MSE to the frozen final layer (default 1)")
     parser.add_argument("--cosine-weight", type=float, default=1.0, help="weight of mean(1 - cos) to the frozen final layer (default 1)")
+    parser.add_argument("--targets", metavar="CENTRES",
+                        help="k-means centres of MFCC frames the model was pretrained against (pretrain-tiny's "
+                             "targets_*.npz in its data folder, or a (K, 39) .npy): adds the masked-prediction loss "
+                             "at the sampled depth (HuBERT only)")
+    parser.add_argument("--mp-weight", type=float, default=1.0, help="weight of the masked-prediction loss (default 1; with --targets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heldout", type=int, default=None, help="utterances held out for the per-depth loss (default 10%%, 1..100)")
     parser.add_argument("--max-utterances", type=int, default=None, help="use only the first N files of --data")

@@ -8,6 +8,13 @@ norm (:func:`~s3prl_redundancy.layer_consistency.encode_to_depth`), and that out
 ``k`` layers comes to yield features like the full model's: what a shallow-layer-inference upstream
 (``lc_hubert`` with ``depth: k``) serves. The convolutional front end is frozen (as s3prl runs it).
 
+Where targets exist (``targets``: the k-means centres of MFCC frames a HuBERT model was pretrained against,
+e.g. ``pretrain-tiny``'s ``targets_*.npz``), the masked-prediction loss is added at the sampled depth, as in
+the layer-consistent pretraining: the student's encoder input is masked with HuBERT's span mask, its
+depth-k output (exit norm) goes through the model's own prediction head, and
+``mp_weight * CE(masked frames)`` joins the distillation loss (taken on all frames, masked ones included,
+against the frozen original on the unmasked input).
+
 Determinism: the batch (utterances and crop offsets) and the depth are functions of ``(seed, step)``; the
 crop length is common to the global batch, so there is no padding and a batch split over ranks computes
 the same frames. ``train_state.pt`` holds model, optimiser, RNG states, step and history: a run stopped
@@ -31,6 +38,7 @@ import numpy as np
 from .. import distributed
 from ..errors import UserInputError
 from ..io import OutputDir
+from ..pretrain.targets import HOP, WINDOW, num_frames
 from . import META_KEY, encode_to_depth, parse_depth_range, sample_depth, transformer_input
 
 COMMAND = "lc-finetune"
@@ -59,6 +67,8 @@ class LCFinetuneConfig:
     depth_range: Optional[Sequence[int]] = None  # None: 1 .. all layers
     mse_weight: float = 1.0
     cosine_weight: float = 1.0
+    targets: Optional[str] = None  # k-means centres of MFCC frames: adds the masked-prediction loss
+    mp_weight: float = 1.0  # its weight (with `targets`)
     seed: int = 0
     heldout: Optional[int] = None  # None: 10% of the utterances (1..100) when there are at least 2
     max_utterances: Optional[int] = None
@@ -72,7 +82,7 @@ class LCFinetuneConfig:
 
     # what must match for `resume` (steps may not change either: it is checked against the state)
     RESUME_KEYS = ("upstream", "batch_size", "crop_seconds", "lr", "weight_decay", "clip_norm", "mse_weight",
-                   "cosine_weight", "seed", "heldout", "max_utterances", "max_seconds")
+                   "cosine_weight", "targets", "mp_weight", "seed", "heldout", "max_utterances", "max_seconds")
 
 
 def check_config(cfg: LCFinetuneConfig, world_size: int) -> None:
@@ -88,6 +98,8 @@ def check_config(cfg: LCFinetuneConfig, world_size: int) -> None:
     if cfg.mse_weight < 0 or cfg.cosine_weight < 0 or cfg.mse_weight + cfg.cosine_weight == 0:
         raise UserInputError("the loss weights must be non-negative and not both 0, got "
                              f"`mse_weight={cfg.mse_weight}`, `cosine_weight={cfg.cosine_weight}`", argument="mse_weight")
+    if cfg.mp_weight < 0:
+        raise UserInputError(f"must be non-negative, got {cfg.mp_weight}", argument="mp_weight")
     if cfg.batch_size < world_size:
         raise UserInputError(f"{cfg.batch_size} is the global batch; it must be at least the number of processes "
                              f"({world_size})", argument="batch_size")
@@ -148,23 +160,103 @@ def depth_losses(model, teacher, wavs: List, mse_weight: float = 1.0, cosine_wei
     return {k: s / max(1, frames) for k, s in sums.items()}
 
 
+def masked_accuracy(model, mp: "MaskedPrediction", wavs: List, labels: List, seed: int) -> Dict[int, float]:
+    """Masked-prediction accuracy of the model's head at every depth on ``wavs`` (one fixed span mask per
+    utterance, drawn from ``[seed, index, 2]``), over all their masked frames."""
+    import torch
+
+    from ..pretrain.model import apply_mask
+
+    n = len(model.encoder.layers)
+    correct, masked = {k: 0 for k in range(1, n + 1)}, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i, (wav, lab) in enumerate(zip(wavs, labels)):
+            x = transformer_input(model, torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1))[0]
+            t = min(x.shape[1], len(lab))
+            mask = mp.mask(model, 1, t, [seed, i, 2])
+            x = apply_mask(model, x[:, :t], mask)
+            target = torch.as_tensor(lab[:t], dtype=torch.long).reshape(1, -1)
+            for k in range(1, n + 1):
+                correct[k] += mp.scores(model, encode_to_depth(model, x, k), target, mask)[1]
+            masked += int(mask.sum())
+    model.train(was_training)
+    return {k: c / max(1, masked) for k, c in correct.items()}
+
+
+class MaskedPrediction:
+    """The masked-prediction term (``targets`` given): frame labels from the k-means centres of MFCC frames,
+    HuBERT's span mask drawn per global batch, cross-entropy of the model's own head on masked frames."""
+
+    def __init__(self, source, targets: str, weight: float):
+        from ..pretrain.model import head_kind, target_classes
+        from ..pretrain.targets import read_centres
+
+        if source.family.name != "hubert":
+            raise UserInputError(f"masked prediction needs HuBERT's prediction head; a {source.family.name} "
+                                 "checkpoint has none: leave `targets` unset", argument="targets")
+        self.centres = read_centres(targets)
+        self.head, self.weight = head_kind(source.checkpoint), float(weight)
+        classes = target_classes(source.checkpoint)
+        if classes != len(self.centres):
+            raise UserInputError(f"{targets}: {len(self.centres)} centres, but the model's prediction head scores "
+                                 f"{classes} classes; give the centres it was pretrained against", argument="targets")
+
+    def labels(self, wavs: List[np.ndarray]) -> List[np.ndarray]:
+        from ..pretrain.targets import mfcc_labels
+
+        return mfcc_labels(wavs, self.centres)
+
+    @staticmethod
+    def mask(model, rows: int, frames: int, seed_seq, rank: int = 0, world: int = 1):
+        """This rank's rows of the span mask of a ``rows`` x ``frames`` global batch (bool tensor)."""
+        import torch
+
+        from ..pretrain.model import mask_indices
+
+        return torch.as_tensor(mask_indices(model, rows, frames, seed_seq)[rank::world])
+
+    def scores(self, model, y, labels, mask):
+        """``(sum of CE, correct predictions)`` over the masked frames of the depth-k output ``y``."""
+        import torch.nn.functional as F
+
+        from ..pretrain.model import prediction_logits
+
+        logits = prediction_logits(model, y[mask], self.head)
+        target = labels[mask]
+        return F.cross_entropy(logits, target, reduction="sum"), int((logits.argmax(-1) == target).sum())
+
+
 class Batches:
     """Global batch ``step``: utterances from a seeded per-epoch order, one common crop, seeded offsets."""
 
-    def __init__(self, wavs: List[np.ndarray], batch_size: int, crop_samples: int, seed: int):
+    def __init__(self, wavs: List[np.ndarray], batch_size: int, crop_samples: int, seed: int,
+                 labels: Optional[List[np.ndarray]] = None):
         from ..distill.sampling import GlobalBatches
 
-        self.wavs, self.crop, self.seed = wavs, int(crop_samples), int(seed)
+        self.wavs, self.labels, self.crop, self.seed = wavs, labels, int(crop_samples), int(seed)
         self.order = GlobalBatches(len(wavs), batch_size, seed)
 
-    def batch(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
-        """This rank's rows ``rank, rank + world, ...`` of global batch ``step``: (rows, crop) float32."""
+    def batch(self, step: int, rank: int = 0, world: int = 1):
+        """``(wav (rows, crop) float32, labels (rows, frames) int64 or None)``: this rank's rows
+        ``rank, rank + world, ...`` of global batch ``step``. Crops start on a frame boundary (HuBERT's
+        320-sample hop) and span whole frames, so the frame labels of a crop are a slice of the utterance's."""
         idx = self.order.batch(step)
         crop = min(self.crop, min(len(self.wavs[i]) for i in idx))
+        crop = WINDOW + HOP * ((crop - WINDOW) // HOP)
         rng = np.random.default_rng([self.seed, step])
-        offsets = [int(rng.integers(0, len(self.wavs[i]) - crop + 1)) for i in idx]
-        rows = [self.wavs[i][o : o + crop] for i, o in zip(idx, offsets)][rank::world]
-        return np.stack(rows).astype(np.float32)
+        starts = [int(rng.integers(0, (len(self.wavs[i]) - crop) // HOP + 1)) for i in idx]
+        rows = list(zip(idx, starts))[rank::world]
+        wav = np.stack([self.wavs[i][f * HOP : f * HOP + crop] for i, f in rows]).astype(np.float32)
+        if self.labels is None:
+            return wav, None
+        frames = num_frames(crop)
+        return wav, np.stack([self.labels[i][f : f + frames] for i, f in rows]).astype(np.int64)
+
+    def rows(self, step: int) -> int:
+        """Utterances in global batch ``step``."""
+        return len(self.order.batch(step))
 
 
 def output_dir(cfg: LCFinetuneConfig) -> OutputDir:
@@ -207,20 +299,22 @@ class LCFinetuner:
         self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device("cpu")
         self.source, n_layers = resolve_model(cfg.upstream, cfg.ckpt)
         self.depth_range = parse_depth_range(cfg.depth_range or (1, n_layers), n_layers)
+        self.mp = MaskedPrediction(self.source, cfg.targets, cfg.mp_weight) if cfg.targets else None
         self.output = output_dir(cfg)
         self.train_wavs, self.heldout_wavs = load_audio_split(cfg)
+        self.heldout_labels = self.mp.labels(self.heldout_wavs) if self.mp else None
         distributed.barrier()
         if self.ctx.is_main:
             self.output.prepare()
         distributed.barrier()
-        self.batches = Batches(self.train_wavs, cfg.batch_size, int(cfg.crop_seconds * 16000), cfg.seed)
+        self.batches = Batches(self.train_wavs, cfg.batch_size, int(cfg.crop_seconds * 16000), cfg.seed,
+                               self.mp.labels(self.train_wavs) if self.mp else None)
         self._build_models()
         self.start, self.elapsed, self.history, self.evals = 0, 0.0, [], {}
         if cfg.resume:
             self._load_state()
         elif self.heldout_wavs:
-            self.evals["before"] = depth_losses(self.model, self.teacher, self.heldout_wavs, cfg.mse_weight,
-                                                cfg.cosine_weight)
+            self.evaluate("before")
 
     def _build_models(self) -> None:
         import torch
@@ -232,6 +326,14 @@ class LCFinetuner:
         self.teacher = family.trained_model(ckpt).to(self.device).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def evaluate(self, when: str) -> None:
+        """The held-out loss at every depth (and, with targets, the masked-prediction accuracy) as ``when``."""
+        cfg = self.cfg
+        self.evals[when] = depth_losses(self.model, self.teacher, self.heldout_wavs, cfg.mse_weight, cfg.cosine_weight)
+        if self.mp is not None:
+            self.evals[f"acc_masked_{when}"] = masked_accuracy(self.model, self.mp, self.heldout_wavs,
+                                                               self.heldout_labels, cfg.seed)
 
     def identity(self) -> Dict[str, Any]:
         ident = {k: getattr(self.cfg, k) for k in LCFinetuneConfig.RESUME_KEYS}
@@ -275,23 +377,40 @@ class LCFinetuner:
         cfg, ctx = self.cfg, self.ctx
         t0 = time.perf_counter()
         depth = sample_depth(cfg.seed, step, self.depth_range)
-        wav = torch.as_tensor(self.batches.batch(step, ctx.rank, ctx.world_size), device=self.device)
+        wav, labels = self.batches.batch(step, ctx.rank, ctx.world_size)
+        wav = torch.as_tensor(wav, device=self.device)
         with torch.no_grad():
             target = features_at(self.teacher, wav, None)
-        pred = features_at(self.model, wav, depth)
-        frames = float(distributed.all_reduce_sum([pred.shape[0] * pred.shape[1]], dtype=torch.float64)[0])
+        x = transformer_input(self.model, wav)[0]
+        if self.mp is not None:
+            from ..pretrain.model import apply_mask
+
+            mask = self.mp.mask(self.model, self.batches.rows(step), x.shape[1], [cfg.seed, step, 1], ctx.rank,
+                                ctx.world_size).to(self.device)
+            x = apply_mask(self.model, x, mask)
+        pred = encode_to_depth(self.model, x, depth)
+        counts = [pred.shape[0] * pred.shape[1], int(mask.sum()) if self.mp is not None else 0]
+        frames, masked = distributed.all_reduce_sum(counts, dtype=torch.float64)
         loss, mse, cos = distill_loss(pred, target, frames, cfg.mse_weight, cfg.cosine_weight)
+        parts = [loss, mse, cos]
+        if self.mp is not None:
+            ce_sum, correct = self.mp.scores(self.model, pred, torch.as_tensor(labels, device=self.device), mask)
+            ce = ce_sum / max(1.0, masked)
+            loss = loss + self.mp.weight * ce
+            parts = [loss, mse, cos, ce, torch.tensor(correct / max(1.0, masked))]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._sum_gradients()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_norm))
-        sums = distributed.all_reduce_sum([float(loss.detach()), float(mse.detach()), float(cos.detach())], dtype=torch.float64)
+        sums = distributed.all_reduce_sum([float(v.detach()) for v in parts], dtype=torch.float64)
         if not np.isfinite(sums[0]):
             raise RuntimeError(f"the loss became {sums[0]} at step {step + 1}; lower `lr` or check `data`")
         self.opt.step()
         self.elapsed += time.perf_counter() - t0
         stats = {"step": step, "depth": depth, "loss": sums[0], "mse": sums[1], "cos": sums[2],
                  "grad_norm": grad_norm, "seconds": round(self.elapsed, 3)}
+        if self.mp is not None:
+            stats.update(ce_masked=sums[3], acc_masked=sums[4])
         self.history.append(stats)
         return stats
 
@@ -336,12 +455,12 @@ class LCFinetuner:
             return {}
         cfg = self.cfg
         if self.end == cfg.steps and self.heldout_wavs:
-            self.evals["after"] = depth_losses(self.model, self.teacher, self.heldout_wavs, cfg.mse_weight,
-                                               cfg.cosine_weight)
+            self.evaluate("after")
         meta = {"method": "layer-consistency fine-tuning (sampled exit depth, self-distillation), arXiv 2105.00812",
                 "finetuned_from": self.source.source, "depth_range": list(self.depth_range), "steps": self.end,
-                "total_steps": cfg.steps, "share_layers": None, "loss": {"mse_weight": cfg.mse_weight,
-                                                                          "cosine_weight": cfg.cosine_weight}}
+                "total_steps": cfg.steps, "share_layers": None,
+                "loss": {"mse_weight": cfg.mse_weight, "cosine_weight": cfg.cosine_weight,
+                         "mp_weight": cfg.mp_weight if cfg.targets else 0.0, "targets": cfg.targets}}
         self.output.save_torch(EXPORT, export_checkpoint(self.source.checkpoint, self.model, meta))
         self.output.write_text(HISTORY, json.dumps({"history": self.history, "heldout_depth_losses": self.evals},
                                                    indent=1))

@@ -195,14 +195,16 @@ def masked_accuracy_by_depth(ckpts: Dict[str, str], corpus, seed: int = 0) -> Di
 LABELS = {"lc_sli": "layer-consistent (shared, sampled depth), SLI",
           "tiny_backward": "tiny_hubert, first k layers (backward = shallow)",
           "tiny_forward": "tiny_hubert, layers removed forward",
-          "tiny_lc_finetuned": "tiny_hubert + LC fine-tuning, SLI"}
-COLORS = {"lc_sli": "C0", "tiny_backward": "C1", "tiny_forward": "C2", "tiny_lc_finetuned": "C3"}
-MASKED_NAMES = {"lc": "lc_sli", "tiny_hubert": "tiny_backward", "tiny_lc_finetuned": "tiny_lc_finetuned"}
+          "tiny_lc_finetuned": "tiny_hubert + LC fine-tuning, SLI",
+          "tiny_lc_finetuned_mp": "tiny_hubert + LC fine-tuning with masked prediction, SLI"}
+COLORS = {"lc_sli": "C0", "tiny_backward": "C1", "tiny_forward": "C2", "tiny_lc_finetuned": "C3",
+          "tiny_lc_finetuned_mp": "C4"}
+MASKED_NAMES = {"lc": "lc_sli", "tiny_hubert": "tiny_backward"}
 
 
 def _errorbar_series(ax, series: Dict[str, List[Dict[str, Any]]], key: str) -> None:
     for i, (name, rows) in enumerate(series.items()):
-        d = np.array([r["depth"] for r in rows]) + (i - 1.5) * 0.06
+        d = np.array([r["depth"] for r in rows]) + (i - (len(series) - 1) / 2) * 0.06
         acc = np.array([r[key] for r in rows])
         err = np.array([[r[key] - r["low"] for r in rows], [r["high"] - r[key] for r in rows]])
         ax.errorbar(d, acc, yerr=err, marker="o", ms=4, capsize=2, label=LABELS.get(name, name), color=COLORS.get(name))
@@ -266,10 +268,11 @@ def plot_similarity(sim: Dict[str, Dict[str, Any]], path) -> None:
     save_figure(fig, path)
 
 
-def report(lc_ckpt: str, finetuned_ckpt: str, tiny_ckpt: str, out, ks_voices: int = 40, data_dir=None,
+def report(lc_ckpt: str, finetuned: Dict[str, str], tiny_ckpt: str, out, ks_voices: int = 40, data_dir=None,
            log=print) -> Dict[str, Any]:
-    """Every measurement of the doc into ``out/layer_consistency.json`` and the two figures; ``data_dir``: the
-    ``pretrain-tiny`` speech cache (default ``out/data``; built there if absent)."""
+    """Every measurement of the doc into ``out/layer_consistency.json`` and the two figures. ``finetuned``:
+    ``{name: lc-finetune output of tiny_hubert}`` (names ``tiny_lc_finetuned``, ``tiny_lc_finetuned_mp``);
+    ``data_dir``: the ``pretrain-tiny`` speech cache (default ``out/data``; built there if absent)."""
     import time
 
     from ..pretrain.data import ks_probe_set, sid_probe_set
@@ -277,20 +280,19 @@ def report(lc_ckpt: str, finetuned_ckpt: str, tiny_ckpt: str, out, ks_voices: in
 
     out = Path(out)
     t0 = time.time()
-    result: Dict[str, Any] = {"ckpts": {"lc": lc_ckpt, "finetuned": finetuned_ckpt, "tiny": tiny_ckpt}}
-    result["parameters"] = parameters({"lc": lc_ckpt, "tiny": tiny_ckpt, "finetuned": finetuned_ckpt})
+    result: Dict[str, Any] = {"ckpts": {"lc": lc_ckpt, "tiny": tiny_ckpt, **finetuned}}
+    result["parameters"] = parameters({"lc": lc_ckpt, "tiny": tiny_ckpt, **finetuned})
     items = ks_probe_set(ks_voices)
     models = {"lc_sli": ("sli", lc_ckpt), "tiny_backward": ("backward", tiny_ckpt),
-              "tiny_forward": ("forward", tiny_ckpt), "tiny_lc_finetuned": ("sli", finetuned_ckpt)}
+              "tiny_forward": ("forward", tiny_ckpt), **{n: ("sli", c) for n, c in finetuned.items()}}
     result["capacity"] = capacity_by_depth(models, items, log=log)
     sid = sid_probe_set(24, 10)
-    result["similarity"] = similarity({"lc": lc_ckpt, "tiny_hubert": tiny_ckpt, "tiny_lc_finetuned": finetuned_ckpt},
-                                      [w for w, _, _ in sid[::3]])
+    result["similarity"] = similarity({"lc": lc_ckpt, "tiny_hubert": tiny_ckpt, **finetuned}, [w for w, _, _ in sid[::3]])
     result["inference_s_10s_audio"] = {n: inference_times(c) for n, c in
                                        (("lc_sli", lc_ckpt), ("tiny_backward", tiny_ckpt))}
     corpus = prepare_corpus(TrainConfig(seed=0), data_dir or out / "data", log=log)
-    result["masked_prediction_by_depth"] = masked_accuracy_by_depth(
-        {"lc": lc_ckpt, "tiny_hubert": tiny_ckpt, "tiny_lc_finetuned": finetuned_ckpt}, corpus)
+    result["masked_prediction_by_depth"] = masked_accuracy_by_depth({"lc": lc_ckpt, "tiny_hubert": tiny_ckpt, **finetuned},
+                                                                    corpus)
     result["train_step"] = train_step_times(corpus)
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out / "layer_consistency.json", json.dumps(result, indent=1, default=str))
@@ -308,7 +310,8 @@ def main(argv=None) -> int:
     clips.add_argument("--clips", type=int, default=800)
     rep = sub.add_parser("report", help="capacity, similarity, parameters and time")
     rep.add_argument("--lc", required=True, help="layer-consistent checkpoint (pretrain-tiny --share-layers)")
-    rep.add_argument("--finetuned", required=True, help="lc-finetune output of tiny_hubert")
+    rep.add_argument("--finetuned", required=True, help="lc-finetune output of tiny_hubert (self-distillation)")
+    rep.add_argument("--finetuned-mp", help="lc-finetune output of tiny_hubert with --targets (masked prediction too)")
     rep.add_argument("--tiny", required=True, help="the standard tiny_hubert checkpoint")
     rep.add_argument("--out", required=True, help="folder for layer_consistency.json and the figures")
     rep.add_argument("--ks-voices", type=int, default=40)
@@ -317,7 +320,10 @@ def main(argv=None) -> int:
     if args.what == "clips":
         print(write_clips(args.out, args.clips))
     else:
-        report(args.lc, args.finetuned, args.tiny, args.out, args.ks_voices, args.data_dir)
+        finetuned = {"tiny_lc_finetuned": args.finetuned}
+        if args.finetuned_mp:
+            finetuned["tiny_lc_finetuned_mp"] = args.finetuned_mp
+        report(args.lc, finetuned, args.tiny, args.out, args.ks_voices, args.data_dir)
     return 0
 
 

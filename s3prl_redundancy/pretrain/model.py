@@ -111,9 +111,8 @@ def masked_prediction(model, wav, targets, mask, autocast_dtype=None, depth: Opt
         x = model.layer_norm(features.transpose(1, 2))
         if model.post_extract_proj is not None:
             x = model.post_extract_proj(x)
-        x = torch.where(mask.unsqueeze(-1), model.mask_emb.to(x.dtype), x)
-        x = encode_to_depth(model, x, depth)
-        logits = model.final_proj(x).float()  # (B, T, K)
+        x = encode_to_depth(model, apply_mask(model, x, mask), depth)
+        logits = prediction_logits(model, x, LINEAR_HEAD)  # (B, T, K)
     flat_logits, flat_t, flat_m = logits.reshape(-1, logits.size(-1)), targets.reshape(-1), mask.reshape(-1)
     ce = F.cross_entropy(flat_logits, flat_t, reduction="none")
     loss_m = ce[flat_m].mean()
@@ -126,6 +125,42 @@ def masked_prediction(model, wav, targets, mask, autocast_dtype=None, depth: Opt
     return loss, {"loss": float(loss.detach()), "ce_masked": float(loss_m.detach()), "ce_unmasked": float(loss_u.detach()),
                   "acc_masked": float(acc_m), "acc_unmasked": float(acc_u), "features_pen": float(features_pen.detach()),
                   "mask_frac": float(flat_m.float().mean())}
+
+
+def apply_mask(model, x, mask):
+    """HuBERT's masking of the encoder input ``x`` (B, T, C): masked frames (``mask`` (B, T) True) become the
+    learned ``mask_emb``."""
+    import torch
+
+    return torch.where(mask.unsqueeze(-1), model.mask_emb.to(x.dtype), x)
+
+
+LINEAR_HEAD = "linear"  # pretrain-tiny's head: ``final_proj`` has one output per cluster
+COSINE_HEAD = "cosine"  # HuBERT's: cosine of ``final_proj(x)`` with each label embedding, over ``logit_temp``
+
+
+def head_kind(ckpt) -> str:
+    """The prediction head a ``hubert_local`` checkpoint was trained with: ``pretrain-tiny``'s checkpoints
+    (key ``tiny_hubert``) use :data:`LINEAR_HEAD`, every other HuBERT :data:`COSINE_HEAD`."""
+    return LINEAR_HEAD if "tiny_hubert" in ckpt else COSINE_HEAD
+
+
+def prediction_logits(model, x, head: str):
+    """(..., K) float32 class scores of the frames ``x`` (..., C) from the model's prediction head ``head``."""
+    import torch.nn.functional as F
+
+    proj = model.final_proj(x).float()
+    if head == LINEAR_HEAD:
+        return proj
+    embs = model.label_embs_concat.float()  # (K, final_dim): one target set (s3prl's HubertModel)
+    return F.cosine_similarity(proj.unsqueeze(-2), embs, dim=-1) / model.logit_temp
+
+
+def target_classes(ckpt) -> int:
+    """How many target classes the prediction head of the ``hubert_local`` checkpoint ``ckpt`` scores."""
+    if head_kind(ckpt) == LINEAR_HEAD:
+        return int(ckpt["model_cfg"]["final_dim"])
+    return len(ckpt["dictionaries_symbols"][0])
 
 
 def _portable(state, half: bool):

@@ -107,3 +107,40 @@ def model_layer_features(ckpt, wavs: Sequence[np.ndarray], layer: int, log=None)
             if log is not None and (k + 1) % 500 == 0:
                 log(f"  features of {k + 1}/{len(wavs)} clips")
     return out
+
+
+MFCC_DIM = 39
+
+
+def read_centres(path, argument: str = "targets") -> np.ndarray:
+    """The k-means centres of MFCC frames in ``path``: ``pretrain-tiny``'s target cache (``targets_*.npz``,
+    key ``centres``) or a ``.npy`` array, (K, 39). Read without pickles."""
+    from pathlib import Path
+
+    from ..errors import UserInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such file; give k-means centres of MFCC frames (pretrain-tiny's "
+                             "targets_*.npz in its data folder, or a (K, 39) .npy array)", argument=argument)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "centres" not in z:
+                    raise UserInputError(f"{path} has no `centres` array (keys: {', '.join(z.files)}); give "
+                                         "pretrain-tiny's targets_*.npz", argument=argument)
+                centres = z["centres"]
+        else:
+            centres = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UserInputError(f"{path} is not a numpy .npz / .npy file ({e})", argument=argument) from None
+    if centres.ndim != 2 or centres.shape[1] != MFCC_DIM or len(centres) < 2:
+        raise UserInputError(f"{path}: centres of shape {tuple(centres.shape)}, expected (K, {MFCC_DIM}) k-means "
+                             "centres of MFCC frames (targets from a model's hidden states are not supported here)",
+                             argument=argument)
+    return centres.astype(np.float32)
+
+
+def mfcc_labels(wavs: Sequence[np.ndarray], centres: np.ndarray, cmn: bool = True) -> List[np.ndarray]:
+    """Per utterance, the nearest of ``centres`` for each MFCC frame (HuBERT's first-iteration targets)."""
+    return [assign_with_centres(mfcc39(w, cmn=cmn), centres) for w in wavs]

@@ -144,7 +144,7 @@ def prepare_corpus(cfg: TrainConfig, data_dir, log=print) -> Corpus:
         t0 = time.time()
         # k-means is fitted on the training clips only; validation clips are labelled with the same centres
         n_train = len(wavs) - min(N_VALIDATION, len(wavs) // 4)
-        from .targets import assign, assign_with_centres, fit_kmeans, mfcc39, model_layer_features
+        from .targets import assign, fit_kmeans, mfcc_labels, model_layer_features
 
         if cfg.targets_from is not None:
             log(f"HuBERT iteration 2: hidden state {cfg.target_layer} of {cfg.targets_from} on {len(wavs)} clips")
@@ -154,7 +154,7 @@ def prepare_corpus(cfg: TrainConfig, data_dir, log=print) -> Corpus:
             centres = km.cluster_centers_.astype(np.float32)
         else:
             train_labels, centres = build_targets(wavs[:n_train], cfg.n_clusters, cfg.seed, cmn=cfg.mfcc_cmn)
-            labels = train_labels + [assign_with_centres(mfcc39(w, cmn=cfg.mfcc_cmn), centres) for w in wavs[n_train:]]
+            labels = train_labels + mfcc_labels(wavs[n_train:], centres, cmn=cfg.mfcc_cmn)
         offsets = np.cumsum([0] + [len(l) for l in labels]).astype(np.int64)
         with atomic_path(tpath) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, labels=np.concatenate(labels), offsets=offsets, centres=centres)

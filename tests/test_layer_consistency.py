@@ -212,7 +212,6 @@ def test_lc_finetuning_lowers_the_loss_at_every_depth(family, preln_models, corp
 
     from s3prl_redundancy.families import FAMILIES
     from s3prl_redundancy.layer_consistency.finetune import EXPORTS, features_at, lc_finetune
-    from s3prl_redundancy.upstreams.lc import hubconf
 
     manifest = lc_finetune(_cfg(preln_models[family], corpus, tmp_path / "ft", family, steps=30, save_every=30))
     before, after = (manifest["heldout_depth_losses"][k] for k in ("before", "after"))
@@ -233,7 +232,7 @@ def test_lc_finetuning_lowers_the_loss_at_every_depth(family, preln_models, corp
     wav = torch.randn(12000) * 0.1
     with torch.no_grad():
         full = getattr(s3prl.hub, fam.local_entry)(ckpt=str(export)).eval()([wav])["hidden_states"]  # s3prl's loader
-        sli = getattr(hubconf, f"lc_{family}")(ckpt=str(export), model_config={"depth": 2}).eval()([wav])["hidden_states"]
+        sli = getattr(s3prl.hub, f"lc_{family}")(ckpt=str(export), model_config={"depth": 2}).eval()([wav])["hidden_states"]
         trained = fam.trained_model(ckpt).eval()
         torch.testing.assert_close(sli[-1], features_at(trained, wav[None], 2), rtol=1e-4, atol=1e-5)
     assert len(full) == 5 and len(sli) == 3

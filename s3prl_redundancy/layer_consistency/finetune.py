@@ -129,16 +129,18 @@ def distill_loss(pred, target, frames_global: float, mse_weight: float, cosine_w
     return mse_weight * mse + cosine_weight * cos, mse, cos
 
 
-def features_at(model, wav, depth: Optional[int]):
-    """Frames of ``wav`` (B, S) after the first ``depth`` layers and the exit norm (no masking, no padding).
-
-    Each row is layer-normalised first when ``model`` is marked so (:data:`NORMALIZE_ATTR`): a row is one
-    unpadded utterance (or crop), which s3prl's expert would normalise on its own."""
+def waveform_input(model, wav):
+    """``wav`` (B, S) as s3prl's expert feeds it to the CNN: each row layer-normalised when ``model`` is marked
+    so (:data:`NORMALIZE_ATTR`, set by :class:`LCFinetuner`); a row is one unpadded utterance or crop, which
+    the expert would normalise on its own. Every forward of the fine-tuning starts here."""
     import torch.nn.functional as F
 
-    if getattr(model, NORMALIZE_ATTR, False):
-        wav = F.layer_norm(wav, wav.shape[-1:])
-    x, _, _ = transformer_input(model, wav)
+    return F.layer_norm(wav, wav.shape[-1:]) if getattr(model, NORMALIZE_ATTR, False) else wav
+
+
+def features_at(model, wav, depth: Optional[int]):
+    """Frames of ``wav`` (B, S) after the first ``depth`` layers and the exit norm (no masking, no padding)."""
+    x, _, _ = transformer_input(model, waveform_input(model, wav))
     return encode_to_depth(model, x, depth)
 
 

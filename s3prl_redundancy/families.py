@@ -188,6 +188,19 @@ class Family:
         the front end (see ``distill/front_end.py``)."""
         return self.build_model(ckpt, num_layers=0), self.normalizes_waveform(ckpt)
 
+    def check_standard_model(self, ckpt: Mapping[str, Any]) -> None:
+        """Raise :class:`UserInputError` unless ``ckpt``'s model has transformer layers and the plain front end
+        (CNN, layer norm, projection) that code running the model outside s3prl's expert reproduces
+        (distillation's front end, layer-consistency fine-tuning): not wav2vec 2.0's conformer / quantised input."""
+        from .errors import UserInputError
+
+        cfg = self.checkpoint_config(ckpt)
+        layer_type, quantized = getattr(cfg, "layer_type", "transformer"), bool(getattr(cfg, "quantize_input", False))
+        if layer_type != "transformer" or quantized:
+            raise UserInputError(f"{self.name} variants with layer_type={layer_type!r} / quantize_input={quantized} "
+                                 f"have other layers or another front end; only the standard transformer {self.name} "
+                                 "is supported here")
+
     def run_layer(self, layer, x, padding_mask=None, pos_bias=None):
         """One transformer layer as the family's encoder runs it: ``(x, pos_bias)`` after the layer."""
         if self.position_bias:
@@ -327,14 +340,7 @@ class HubertFamily(Family):
 
 class Wav2Vec2Family(Family):
     def front_end_model(self, ckpt):
-        from .errors import UserInputError
-
-        cfg = self.checkpoint_config(ckpt)
-        if cfg.layer_type != "transformer" or cfg.quantize_input:
-            raise UserInputError(
-                f"wav2vec 2.0 variants with layer_type={cfg.layer_type!r} / quantize_input={cfg.quantize_input} have "
-                "a different front end; distillation supports the standard transformer wav2vec 2.0 only"
-            )
+        self.check_standard_model(ckpt)
         return super().front_end_model(ckpt)
 
 
@@ -518,6 +524,14 @@ def family_for_hf_config(config: Mapping[str, Any], source) -> Family:
     if other:
         raise UserInputError(f"{source} is a {', '.join(other)}; of {family.hf_model_type} models only "
                              f"{', '.join(family.hf_architectures())} can be read", argument="ckpt")
+    return family
+
+
+def family_of_model(model) -> Family:
+    """The family whose s3prl model class (``HubertModel``, ``Wav2Vec2Model``, ``WavLM``) ``model`` is."""
+    family = next((f for f in FAMILIES.values() if isinstance(model, _import(f.model_class))), None)
+    if family is None:
+        raise TypeError(f"{type(model).__name__} is not the model class of any of {', '.join(FAMILIES)}")
     return family
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from s3prl_redundancy import layer_consistency as lc
 from s3prl_redundancy.errors import UserInputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAMILY_NAMES = ("hubert", "wav2vec2", "wavlm")
 
 SMALL = dict(encoder_layers=4, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
              conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2", conv_pos=16, conv_pos_groups=4,
@@ -128,6 +129,36 @@ def test_exit_at_depth_k_is_the_first_k_layers_and_the_final_norm():
         torch.testing.assert_close(lc.encode_to_depth(model, x, None), model.encoder(x)[0])
 
 
+def _s3prl_forward(model, family, wav, padding_mask):
+    """``(x, frame padding mask)`` of s3prl's own forward of the family's model (features only, no masking)."""
+    if family == "wav2vec2":
+        res = model.extract_features(wav, padding_mask)
+        return res["x"], res["padding_mask"]
+    return model.extract_features(wav, padding_mask=padding_mask, mask=False)
+
+
+@pytest.mark.parametrize("layer_norm_first", [True, False], ids=["preLN", "postLN"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_transformer_input_and_encoder_equal_s3prls_forward_on_a_padded_batch(family, layer_norm_first):
+    from s3prl_redundancy.families import FAMILIES
+    from s3prl_redundancy.testing.models import build_checkpoint
+
+    model = FAMILIES[family].trained_model(build_checkpoint(family, seed=9, layer_norm_first=layer_norm_first)).eval()
+    lengths = torch.tensor([16000, 9000])
+    wav = torch.randn(2, 16000) * 0.1
+    wav[1, 9000:] = 0
+    padding = torch.arange(16000)[None] >= lengths[:, None]
+    with torch.no_grad():
+        for pad in (padding, None):
+            x, features, mask = lc.transformer_input(model, wav, pad)
+            ours = lc.encode_to_depth(model, x, None, padding_mask=mask)
+            ref, ref_mask = _s3prl_forward(model, family, wav, pad)
+            torch.testing.assert_close(ours, ref)
+            assert (mask is None) == (ref_mask is None) and (mask is None or torch.equal(mask, ref_mask))
+            assert features.shape[1:] == (32, 49)
+    assert mask is None and ref_mask is None
+
+
 # ------------------------------------------------------------------------------------------- LC fine-tuning
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -146,21 +177,43 @@ def preln_hubert(tmp_path_factory):
     return save_tiny_checkpoint("hubert", tmp_path_factory.mktemp("preln") / "hubert.pt", layer_norm_first=True)
 
 
-def _cfg(model, data, out, **kw):
+def _cfg(model, data, out, family="hubert", **kw):
+    from s3prl_redundancy.families import FAMILIES
     from s3prl_redundancy.layer_consistency.finetune import LCFinetuneConfig
 
-    base = dict(upstream="hubert_local", ckpt=str(model), data=str(data), out=str(out), steps=12, batch_size=4,
+    base = dict(upstream=FAMILIES[family].local_entry, ckpt=str(model), data=str(data), out=str(out), steps=12, batch_size=4,
                 crop_seconds=0.6, lr=3e-3, save_every=4, heldout=3, progress=False)
     base.update(kw)
     return LCFinetuneConfig(**base)
 
 
-def test_lc_finetuning_lowers_the_loss_at_every_depth(preln_hubert, corpus, tmp_path):
-    from s3prl.upstream.hubert.convert import load_converted_model
+@pytest.fixture(scope="module")
+def preln_models(preln_hubert, tmp_path_factory):
+    """``{family: path}``: 4-layer pre-LN models of the three families in their s3prl local formats."""
+    from s3prl_redundancy.testing.models import save_tiny_checkpoint
 
-    from s3prl_redundancy.layer_consistency.finetune import EXPORT, lc_finetune
+    from s3prl_redundancy.testing.models import build_checkpoint
 
-    manifest = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "ft", steps=30, save_every=30))
+    folder = tmp_path_factory.mktemp("preln_models")
+    wav2vec2 = save_tiny_checkpoint("wav2vec2", folder / "wav2vec2.pt", layer_norm_first=True)
+    # s3prl's WavLM initialises its layers BERT-style (std 0.02): at 32 dims they are near-identities (depth
+    # losses ~1e-4, nothing to learn), so its linear weights are scaled to the other families' size (~0.1)
+    wavlm = build_checkpoint("wavlm", layer_norm_first=True)
+    scaled = ("proj.weight", "fc1.weight", "fc2.weight")  # q/k/v/out projections and the feed-forward layers
+    wavlm["model"] = {k: v * 6 if k.startswith("encoder.layers.") and k.endswith(scaled) else v
+                      for k, v in wavlm["model"].items()}
+    torch.save(wavlm, folder / "wavlm.pt")
+    return {"hubert": preln_hubert, "wav2vec2": wav2vec2, "wavlm": folder / "wavlm.pt"}
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_lc_finetuning_lowers_the_loss_at_every_depth(family, preln_models, corpus, tmp_path):
+    import s3prl.hub
+
+    from s3prl_redundancy.families import FAMILIES
+    from s3prl_redundancy.layer_consistency.finetune import EXPORTS, features_at, lc_finetune
+
+    manifest = lc_finetune(_cfg(preln_models[family], corpus, tmp_path / "ft", family, steps=30, save_every=30))
     before, after = (manifest["heldout_depth_losses"][k] for k in ("before", "after"))
     assert set(before) == set(after) == {1, 2, 3, 4}
     assert before[4] == pytest.approx(0.0, abs=1e-6)  # the full model is its own target before training
@@ -168,15 +221,54 @@ def test_lc_finetuning_lowers_the_loss_at_every_depth(preln_hubert, corpus, tmp_
         assert after[depth] < 0.8 * before[depth], (depth, before, after)
     assert after[4] < before[1]
     assert sorted({h["depth"] for h in manifest["history"]}) == [1, 2, 3, 4]
-    ckpt = torch.load(tmp_path / "ft" / EXPORT, weights_only=True)
+    export = tmp_path / "ft" / EXPORTS[family]
+    assert manifest["checkpoint"] == f"lc_{family}.pt" and manifest["load_with"].startswith(f"-u lc_{family} -k ")
+    fam = FAMILIES[family]
+    ckpt, source = (torch.load(p, weights_only=True) for p in (export, preln_models[family]))
     assert ckpt[lc.META_KEY]["depth_range"] == [1, 4]
-    load_converted_model(str(tmp_path / "ft" / EXPORT))  # s3prl's loader reads the result
+    assert set(ckpt) == set(source) | {lc.META_KEY} and ckpt[fam.config_key] == source[fam.config_key]
+    assert {k: v.dtype for k, v in fam.weights(ckpt).items()} == {k: v.dtype for k, v in fam.weights(source).items()}
+    assert not torch.equal(fam.weights(ckpt)["encoder.layers.0.fc1.weight"], fam.weights(source)["encoder.layers.0.fc1.weight"])
+    wav = torch.randn(12000) * 0.1
+    with torch.no_grad():
+        full = getattr(s3prl.hub, fam.local_entry)(ckpt=str(export)).eval()([wav])["hidden_states"]  # s3prl's loader
+        sli = getattr(s3prl.hub, f"lc_{family}")(ckpt=str(export), model_config={"depth": 2}).eval()([wav])["hidden_states"]
+        trained = fam.trained_model(ckpt).eval()
+        torch.testing.assert_close(sli[-1], features_at(trained, wav[None], 2), rtol=1e-4, atol=1e-5)
+    assert len(full) == 5 and len(sli) == 3
+    torch.testing.assert_close(sli[1], full[1])  # the first layer is the same in both
     assert (tmp_path / "ft" / "loss_curve.png").stat().st_size > 0
 
 
-def test_lc_finetuning_resumes_to_the_identical_loss_curve(preln_hubert, corpus, tmp_path):
-    from s3prl_redundancy.layer_consistency.finetune import EXPORT, lc_finetune
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_lc_finetuning_sees_the_waveform_as_the_family_expert_does(family, corpus, tmp_path):
+    """Where the family normalises waveforms, the student's features at depth k are what ``lc_<family>`` serves
+    at depth k (s3prl's expert normalises), and the teacher's are the expert's last hidden state."""
+    from s3prl_redundancy.families import FAMILIES
+    from s3prl_redundancy.layer_consistency.finetune import LCFinetuner, features_at
+    from s3prl_redundancy.testing.models import build_checkpoint
+    from s3prl_redundancy.io import atomic_torch_save
+    from s3prl_redundancy.upstreams.lc import hubconf
 
+    fam = FAMILIES[family]
+    ckpt = build_checkpoint(family, seed=11, layer_norm_first=True)
+    ckpt["cfg" if family == "wavlm" else "task_cfg"]["normalize"] = True  # WavLM: in its model config
+    assert fam.normalizes_waveform(ckpt)
+    path = atomic_torch_save(ckpt, tmp_path / "m.pt")
+    runner = LCFinetuner(_cfg(path, corpus, tmp_path / "ft", family))
+    runner.prepare()
+    wav = torch.randn(12000) * 0.3 + 0.2  # normalising changes it
+    with torch.no_grad():
+        for depth in (1, 4):
+            served = getattr(hubconf, f"lc_{family}")(ckpt=str(path), model_config={"depth": depth}).eval()([wav])
+            torch.testing.assert_close(features_at(runner.model, wav[None], depth), served["hidden_states"][-1])
+        torch.testing.assert_close(features_at(runner.teacher, wav[None], None), served["hidden_states"][-1])
+
+
+def test_lc_finetuning_resumes_to_the_identical_loss_curve(preln_hubert, corpus, tmp_path):
+    from s3prl_redundancy.layer_consistency.finetune import EXPORTS, lc_finetune
+
+    EXPORT = EXPORTS["hubert"]
     straight = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "a"))["history"]
     lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "b", stop_after=5))  # "killed" after step 5 (state at 4, 5)
     resumed = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "b", resume=True))["history"]
@@ -194,7 +286,14 @@ def test_lc_finetuning_refuses_bad_input_before_writing(preln_hubert, tiny_ckpts
     from s3prl_redundancy.layer_consistency.finetune import lc_finetune
 
     out = tmp_path / "never"
-    for kw, arg in [(dict(upstream="wav2vec2_local", ckpt=str(tiny_ckpts["wav2vec2"])), "upstream"),
+    wav2vec2 = torch.load(tiny_ckpts["wav2vec2"], weights_only=True)
+    variants = {}  # wav2vec 2.0 whose layers / front end are not the standard transformer ones
+    for name, change in (("conformer", {"layer_type": "conformer"}), ("quantized", {"quantize_input": True})):
+        variants[name] = tmp_path / f"{name}.pt"
+        torch.save(dict(wav2vec2, model_cfg={**wav2vec2["model_cfg"], **change}), variants[name])
+    for kw, arg in [(dict(upstream="wavlm_local", ckpt=str(tiny_ckpts["hubert"])), "ckpt"),
+                    (dict(upstream="wav2vec2_local", ckpt=str(variants["conformer"])), "ckpt"),
+                    (dict(upstream="wav2vec2_local", ckpt=str(variants["quantized"])), "ckpt"),
                     (dict(depth_range="0,3"), "depth_range"), (dict(steps=0), "steps"),
                     (dict(mse_weight=0.0, cosine_weight=0.0), "mse_weight"), (dict(upstream="nope"), "upstream")]:
         with pytest.raises(UserInputError) as e:
@@ -311,43 +410,23 @@ def test_targets_are_checked_before_writing(tiny_style, tiny_ckpts, corpus, tmp_
     assert e.value.argument == "mp_weight" and not out.exists()
 
 
-def _gloo_worker(rank, world, init_file, cfg_kwargs):
-    import torch.distributed as dist
-
-    from s3prl_redundancy.layer_consistency.finetune import LCFinetuneConfig, lc_finetune
-
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        lc_finetune(LCFinetuneConfig(**cfg_kwargs))
-        dist.destroy_process_group()
-    except Exception:
-        Path(cfg_kwargs["out"]).mkdir(parents=True, exist_ok=True)
-        Path(cfg_kwargs["out"], f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
 @pytest.mark.slow
-def test_two_gloo_ranks_equal_one_process(preln_hubert, corpus, tmp_path):
-    import dataclasses
+@pytest.mark.parametrize("masked_prediction", [False, True], ids=["distill", "distill+mp"])
+def test_two_gloo_ranks_equal_one_process(masked_prediction, preln_hubert, tiny_style, corpus, tmp_path):
+    """Each rank computes its rows of the global batch (and of its span mask): the loss curve of one process."""
+    from s3prl_redundancy.layer_consistency.finetune import EXPORTS, HISTORY, lc_finetune
+    from s3prl_redundancy.testing.processes import run_gloo_ranks
 
-    import torch.multiprocessing as mp
-
-    from s3prl_redundancy.layer_consistency.finetune import EXPORT, HISTORY, lc_finetune
-
-    single = lc_finetune(_cfg(preln_hubert, corpus, tmp_path / "single", steps=6))["history"]
-    cfg = dataclasses.asdict(_cfg(preln_hubert, corpus, tmp_path / "ddp", steps=6))
-    ctx = mp.start_processes(_gloo_worker, args=(2, str(tmp_path / "store"), cfg), nprocs=2, join=False,
-                             start_method="spawn")
-    try:
-        while not ctx.join(timeout=120):
-            pass
-    except Exception:
-        pytest.fail("a rank failed:\n" + "\n".join(p.read_text() for p in (tmp_path / "ddp").glob("rank*.err")))
+    EXPORT = EXPORTS["hubert"]
+    model, kw = (tiny_style[0], dict(targets=str(tiny_style[1]))) if masked_prediction else (preln_hubert, {})
+    single = lc_finetune(_cfg(model, corpus, tmp_path / "single", steps=6, **kw))["history"]
+    run_gloo_ranks(lc_finetune, _cfg(model, corpus, tmp_path / "ddp", steps=6, **kw), tmp_path / "ddp", tmp_path / "store")
     ddp = json.loads((tmp_path / "ddp" / HISTORY).read_text())["history"]
     assert [h["depth"] for h in ddp] == [h["depth"] for h in single]
     for a, b in zip(single, ddp):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        if masked_prediction:
+            assert b["ce_masked"] == pytest.approx(a["ce_masked"], rel=1e-5)
     wa = torch.load(tmp_path / "single" / EXPORT, weights_only=True)["model_weight"]
     wb = torch.load(tmp_path / "ddp" / EXPORT, weights_only=True)["model_weight"]
     # a key bias has an exactly zero gradient (softmax ignores it): Adam turns its rounding noise, which
@@ -357,11 +436,26 @@ def test_two_gloo_ranks_equal_one_process(preln_hubert, corpus, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- SLI upstream
-def _independent_sli(ckpt_path, depth, wav):
-    """Hidden states of the first ``depth`` layers + exit norm, computed here on s3prl's HubertModel modules."""
-    from s3prl.upstream.hubert.convert import load_converted_model
+def _load_s3prl_model(family, ckpt_path):
+    """s3prl's own model of ``family`` from a local-format checkpoint, as s3prl's loaders build it."""
+    if family == "wavlm":
+        from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
 
-    model, _ = load_converted_model(str(ckpt_path))
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        model = WavLM(WavLMConfig(ckpt["cfg"]))
+        model.load_state_dict(ckpt["model"])
+        return model
+    if family == "wav2vec2":
+        from s3prl.upstream.wav2vec2.convert import load_converted_model
+    else:
+        from s3prl.upstream.hubert.convert import load_converted_model
+    return load_converted_model(str(ckpt_path))[0]
+
+
+def _independent_sli(ckpt_path, depth, wav, family="hubert"):
+    """Hidden states of the first ``depth`` layers + exit norm, computed here on s3prl's model modules
+    (WavLM's layers pass the relative position bias of layer 0 on)."""
+    model = _load_s3prl_model(family, ckpt_path)
     model.eval()
     enc = model.encoder
     with torch.no_grad():
@@ -370,10 +464,13 @@ def _independent_sli(ckpt_path, depth, wav):
         x = x + enc.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not enc.layer_norm_first:
             x = enc.layer_norm(x)
-        states, h = [], x.transpose(0, 1)
+        states, h, pos_bias = [], x.transpose(0, 1), None
         for layer in list(enc.layers)[:depth]:
             states.append(h.transpose(0, 1))
-            h, _ = layer(h, self_attn_padding_mask=None, need_weights=False)
+            if family == "wavlm":
+                h, _, pos_bias = layer(h, self_attn_padding_mask=None, need_weights=False, pos_bias=pos_bias)
+            else:
+                h, _ = layer(h, self_attn_padding_mask=None, need_weights=False)
         h = h.transpose(0, 1)
         states.append(enc.layer_norm(h) if enc.layer_norm_first else h)
     return states
@@ -381,18 +478,19 @@ def _independent_sli(ckpt_path, depth, wav):
 
 @pytest.mark.parametrize("layer_norm_first", [True, False], ids=["preLN", "postLN"])
 @pytest.mark.parametrize("depth", [1, 2, 4])
-def test_sli_entry_equals_the_first_k_layers_and_the_exit_norm(depth, layer_norm_first, tmp_path):
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_sli_entry_equals_the_first_k_layers_and_the_exit_norm(family, depth, layer_norm_first, tmp_path):
     from s3prl_redundancy.testing.models import save_tiny_checkpoint
-    from s3prl_redundancy.upstreams.lc.hubconf import lc_hubert
+    from s3prl_redundancy.upstreams.lc import hubconf
 
-    ckpt = save_tiny_checkpoint("hubert", tmp_path / "m.pt", seed=depth, layer_norm_first=layer_norm_first)
+    ckpt = save_tiny_checkpoint(family, tmp_path / "m.pt", seed=depth, layer_norm_first=layer_norm_first)
     config = tmp_path / "depth.yaml"
     config.write_text(f"depth: {depth}\n")
-    upstream = lc_hubert(ckpt=str(ckpt), model_config=str(config)).eval()
+    upstream = getattr(hubconf, f"lc_{family}")(ckpt=str(ckpt), model_config=str(config)).eval()
     wav = torch.randn(12000) * 0.1
     with torch.no_grad():
         ours = upstream([wav])["hidden_states"]
-    ref = _independent_sli(ckpt, depth, wav)
+    ref = _independent_sli(ckpt, depth, wav, family)
     assert len(ours) == depth + 1 == len(ref)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -1,10 +1,11 @@
 """``s3prl-redundancy lc-finetune``: layer-consistency fine-tuning, so every prefix of k layers gives usable features.
 
-Continues training an unshared pretrained model (a ``hubert_local`` checkpoint, ``tiny_hubert``, or s3prl's
-``hubert`` weights) with a sampled exit depth against its frozen original's final layer (arXiv 2105.00812), plus HuBERT's
-masked-prediction loss at that depth when ``--targets`` gives the k-means centres it was pretrained against.
-Writes ``lc_hubert.pt`` (s3prl's ``hubert_local`` format; serve its first k layers with
-``-u lc_hubert -k lc_hubert.pt -g depth.yaml``), ``history.json``, ``manifest.json``, ``loss_curve.png`` and
+Continues training an unshared pretrained model (a ``hubert_local`` / ``wav2vec2_local`` / ``wavlm_local``
+checkpoint, ``tiny_hubert``, or s3prl's ``hubert`` / ``wav2vec2`` / ``wavlm`` weights) with a sampled exit depth
+against its frozen original's final layer (arXiv 2105.00812), plus HuBERT's masked-prediction loss at that depth
+when ``--targets`` gives the k-means centres it was pretrained against. Writes ``lc_<family>.pt`` (the family's
+s3prl local format; serve its first k layers with ``-u lc_<family> -k lc_<family>.pt -g depth.yaml``),
+``history.json``, ``manifest.json``, ``loss_curve.png`` and
 the resumable ``train_state.pt`` into ``--out``. One process, or ``torchrun --nproc_per_node N``.
 """
 
@@ -15,9 +16,11 @@ FLAGS = {"upstream": "--upstream", "depth_range": "--depth-range", "stop_after":
 
 def add_arguments(parser):
     parser.add_argument("--upstream", required=True,
-                        help="model to fine-tune: hubert_local (with --ckpt), tiny_hubert (the shipped model unless "
-                             "--ckpt), or hubert (s3prl's default weights, downloaded by s3prl)")
-    parser.add_argument("--ckpt", help="checkpoint in s3prl's hubert_local format")
+                        help="model to fine-tune: hubert_local / wav2vec2_local / wavlm_local (with --ckpt), tiny_hubert "
+                             "(the shipped model unless --ckpt), or hubert / wav2vec2 / wavlm (s3prl's default weights, "
+                             "downloaded by s3prl)")
+    parser.add_argument("--ckpt", help="checkpoint in s3prl's local format of the family (hubert_local, wav2vec2_local, "
+                                       "wavlm_local)")
     parser.add_argument("--data", required=True, help="folder of audio (searched recursively) or a file list")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")

@@ -1,7 +1,7 @@
 """Layer consistency (arXiv 2105.00812): shared transformer layers, sampled depth, shallow layer inference.
 
-Three pieces, all on s3prl's own fairseq-style encoders (``model.encoder.layers``, pre-LN
-``model.encoder.layer_norm``):
+Three pieces, all on s3prl's own fairseq-style encoders of HuBERT, wav2vec 2.0 and WavLM
+(``model.encoder.layers``, pre-LN ``model.encoder.layer_norm``):
 
 - **Sharing** (:func:`share_layers`): the ``L`` layers are served by ``G`` blocks of weights
   (ALBERT-style; ``G = 1`` shares everything). Layer ``i`` uses block ``i * G // L`` (consecutive groups),
@@ -145,8 +145,12 @@ def compact_state(state: Mapping[str, "object"], n_layers: int, groups: int) -> 
 def encode_to_depth(model, x, depth: Optional[int] = None, padding_mask=None):
     """The encoder on ``x`` (B, T, C) through its first ``depth`` layers (all if ``None``), then the exit norm.
 
-    For a pre-LN encoder (``layer_norm_first``) the exit norm is ``encoder.layer_norm``, as after the last
-    layer of the full model; a post-LN encoder normalises inside each layer and has no exit norm.
+    ``model`` is s3prl's ``HubertModel``, ``Wav2Vec2Model`` or ``WavLM``: their encoders run the positional
+    convolution, the layers (WavLM's pass its relative position bias from layer to layer inside
+    ``extract_features``) and stop after layer ``tgt_layer``, which is passed by keyword because WavLM's
+    ``extract_features`` takes a ``streaming_mask`` before it. For a pre-LN encoder (``layer_norm_first``) the
+    exit norm is ``encoder.layer_norm``, as after the last layer of the full model; a post-LN encoder
+    normalises inside each layer and has no exit norm.
     """
     encoder = model.encoder
     n = len(encoder.layers)
@@ -155,19 +159,49 @@ def encode_to_depth(model, x, depth: Optional[int] = None, padding_mask=None):
         return x
     if not 1 <= depth <= n:
         raise ValueError(f"depth must be between 1 and {n}, got {depth}")
-    x, _ = encoder.extract_features(x, padding_mask, tgt_layer=depth - 1)
+    x, _ = encoder.extract_features(x, padding_mask=padding_mask, tgt_layer=depth - 1)
     return encoder.layer_norm(x) if encoder.layer_norm_first else x
 
 
-def transformer_input(model, wav, padding_mask=None):
-    """HuBERT's encoder input for ``wav`` (B, S): conv features, layer norm, projection (no masking).
+def conv_features(model, wav):
+    """The CNN front end on ``wav`` (B, S) -> (B, C, T), with the gradient rule of s3prl's models: none when
+    ``feature_grad_mult`` is 0, scaled by it otherwise (HuBERT's ``forward_features``; inline in the others)."""
+    import torch
+    from s3prl.upstream.wav2vec2.wav2vec2_model import GradMultiply
 
-    Returns ``(x (B, T, C), features (B, C, T), padding_mask or None)``.
+    mult = float(getattr(model, "feature_grad_mult", 1.0))
+    if mult <= 0:
+        with torch.no_grad():
+            return model.feature_extractor(wav)
+    features = model.feature_extractor(wav)
+    return GradMultiply.apply(features, mult) if mult != 1.0 else features
+
+
+def transformer_input(model, wav, padding_mask=None):
+    """The encoder input for ``wav`` (B, S) of s3prl's ``HubertModel``, ``Wav2Vec2Model`` or ``WavLM``: CNN
+    features, layer norm, the frame padding mask, wav2vec 2.0's crop to ``crop_seq_to_multiple``,
+    ``post_extract_proj`` (no masking, no input dropout): what each model's forward feeds ``encoder``.
+
+    ``padding_mask`` (B, S), True at padded samples (at the end, as s3prl's experts pad), becomes the frame
+    mask by the family's rule (:class:`~s3prl_redundancy.distill.front_end.FrameGrid`; wav2vec 2.0 has none
+    when nothing is padded). The waveform is used as given: normalising it is the caller's part, as in
+    s3prl's experts. Returns ``(x (B, T, C), features (B, C, T) before the crop, padding_mask or None)``.
     """
-    features = model.forward_features(wav)
+    from ..distill.front_end import FrameGrid
+    from ..families import MASK_CONV_LENGTHS, family_of_model
+
+    family = family_of_model(model)
+    if getattr(model, "input_quantizer", None) is not None:
+        raise ValueError("a wav2vec 2.0 model with a quantised input (quantize_input) has another front end")
+    features = conv_features(model, wav)
     x = model.layer_norm(features.transpose(1, 2))
+    grid = FrameGrid.from_model(model, family.name)
+    if padding_mask is not None and family.frame_mask == MASK_CONV_LENGTHS and not padding_mask.any():
+        padding_mask = None  # wav2vec 2.0 makes no frame mask when no sample is padded
     if padding_mask is not None:
-        padding_mask = model.forward_padding_mask(x, padding_mask)
+        lengths = (~padding_mask.bool()).sum(-1)
+        padding_mask = grid.crop(grid.frame_padding_mask(lengths, wav.size(-1), x.size(1)))
+    x = grid.crop(x)
     if model.post_extract_proj is not None:
         x = model.post_extract_proj(x)
     return x, features, padding_mask

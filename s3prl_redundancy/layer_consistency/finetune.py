@@ -6,7 +6,8 @@ norm (:func:`~s3prl_redundancy.layer_consistency.encode_to_depth`), and that out
 *frozen original's* final output on the same frames (self-distillation):
 ``mse_weight * ||y_k - h||^2 / (N D) + cosine_weight * mean_frames(1 - cos(y_k, h))``. So every prefix of
 ``k`` layers comes to yield features like the full model's: what a shallow-layer-inference upstream
-(``lc_hubert`` with ``depth: k``) serves. The convolutional front end is frozen (as s3prl runs it).
+(``lc_hubert`` / ``lc_wav2vec2`` / ``lc_wavlm`` with ``depth: k``) serves. The convolutional front end is
+frozen (as s3prl runs it); where the family normalises waveforms, both models see them normalised.
 
 Where targets exist (``targets``: the k-means centres of MFCC frames a HuBERT model was pretrained against,
 e.g. ``pretrain-tiny``'s ``targets_*.npz``), the masked-prediction loss is added at the sampled depth, as in
@@ -37,19 +38,24 @@ import numpy as np
 
 from .. import distributed
 from ..errors import UserInputError
+from ..families import FAMILIES
 from ..io import OutputDir
 from ..pretrain.targets import HOP, WINDOW, num_frames
 from . import META_KEY, encode_to_depth, parse_depth_range, sample_depth, transformer_input
+from .sli import sli_entry
 
 COMMAND = "lc-finetune"
 STATE = "train_state.pt"
-EXPORT = "lc_hubert.pt"
+# the fine-tuned checkpoint, in the family's s3prl local format, named after the SLI entry that serves it
+EXPORTS = {name: f"{sli_entry(name)}.pt" for name in FAMILIES}  # lc_hubert.pt, lc_wav2vec2.pt, lc_wavlm.pt
 HISTORY = "history.json"
 MANIFEST = "manifest.json"
 CURVE = "loss_curve.png"
-OUTPUTS = (STATE, EXPORT, HISTORY, MANIFEST, CURVE)
+OUTPUTS = (STATE, *EXPORTS.values(), HISTORY, MANIFEST, CURVE)
 STATE_FORMAT = "s3prl_redundancy.lc_finetune_state"
-SUPPORTED_FAMILIES = ("hubert",)
+# set on the student and the teacher when the family layer-normalises each waveform before the CNN, as
+# s3prl's expert does (HuBERT / wav2vec 2.0: the task config; WavLM: the model config)
+NORMALIZE_ATTR = "lc_normalize_waveform"
 
 
 @dataclass
@@ -108,18 +114,20 @@ def check_config(cfg: LCFinetuneConfig, world_size: int) -> None:
 
 
 def resolve_model(upstream: str, ckpt: Optional[str]):
-    """The checkpoint to fine-tune: ``(TeacherSource, num_layers)``; only the families in
-    :data:`SUPPORTED_FAMILIES` (their s3prl local format is what the result is written in)."""
+    """The checkpoint to fine-tune: ``(TeacherSource, num_layers)``. HuBERT, wav2vec 2.0 or WavLM (the result
+    is written in the family's s3prl local format); not a wav2vec 2.0 whose layers or front end differ from
+    the standard transformer (:meth:`~s3prl_redundancy.families.Family.check_standard_model`)."""
     from ..distill.teacher import resolve_teacher
 
     try:
         source = resolve_teacher(upstream, ckpt)
     except UserInputError as e:
-        raise UserInputError(str(e).replace("unknown teacher", "unknown upstream"), argument=e.argument
-                             if e.argument != "teacher" else "upstream") from None
-    if source.family.name not in SUPPORTED_FAMILIES:
-        raise UserInputError(f"{upstream}: layer-consistency fine-tuning supports the {', '.join(SUPPORTED_FAMILIES)} "
-                             f"family for now, not {source.family.name}", argument="upstream")
+        message = e.message.replace("unknown teacher", "unknown upstream").replace("`teacher=", "`upstream=")
+        raise UserInputError(message, argument=e.argument if e.argument != "teacher" else "upstream") from None
+    try:
+        source.family.check_standard_model(source.checkpoint)
+    except UserInputError as e:
+        raise UserInputError(f"{source.source}: {e.message}", argument="ckpt" if ckpt else "upstream") from None
     return source, source.family.num_layers(source.checkpoint)
 
 
@@ -133,10 +141,24 @@ def distill_loss(pred, target, frames_global: float, mse_weight: float, cosine_w
     return mse_weight * mse + cosine_weight * cos, mse, cos
 
 
+def waveform_input(model, wav):
+    """``wav`` (B, S) as s3prl's expert feeds it to the CNN: each row layer-normalised when ``model`` is marked
+    so (:data:`NORMALIZE_ATTR`, set by :class:`LCFinetuner`); a row is one unpadded utterance or crop, which
+    the expert would normalise on its own. Every forward of the fine-tuning starts here."""
+    import torch.nn.functional as F
+
+    return F.layer_norm(wav, wav.shape[-1:]) if getattr(model, NORMALIZE_ATTR, False) else wav
+
+
+def encoder_input(model, wav):
+    """The encoder input (B, T, C) of ``wav`` (B, S) (no masking, no padding), the waveform normalised first
+    where the family does (:func:`waveform_input`)."""
+    return transformer_input(model, waveform_input(model, wav))[0]
+
+
 def features_at(model, wav, depth: Optional[int]):
     """Frames of ``wav`` (B, S) after the first ``depth`` layers and the exit norm (no masking, no padding)."""
-    x, _, _ = transformer_input(model, wav)
-    return encode_to_depth(model, x, depth)
+    return encode_to_depth(model, encoder_input(model, wav), depth)
 
 
 def depth_losses(model, teacher, wavs: List, mse_weight: float = 1.0, cosine_weight: float = 1.0) -> Dict[int, float]:
@@ -173,7 +195,7 @@ def masked_accuracy(model, mp: "MaskedPrediction", wavs: List, labels: List, see
     model.eval()
     with torch.no_grad():
         for i, (wav, lab) in enumerate(zip(wavs, labels)):
-            x = transformer_input(model, torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1))[0]
+            x = encoder_input(model, torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1))
             t = min(x.shape[1], len(lab))
             mask = mp.mask(model, 1, t, [seed, i, 2])
             x = apply_mask(model, x[:, :t], mask)
@@ -324,6 +346,8 @@ class LCFinetuner:
         self.model = family.trained_model(ckpt).to(self.device).train()
         self.model.feature_extractor.requires_grad_(False)  # the front end stays as it is (s3prl freezes it)
         self.teacher = family.trained_model(ckpt).to(self.device).eval().requires_grad_(False)
+        for model in (self.model, self.teacher):
+            setattr(model, NORMALIZE_ATTR, family.normalizes_waveform(ckpt))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
@@ -381,7 +405,7 @@ class LCFinetuner:
         wav = torch.as_tensor(wav, device=self.device)
         with torch.no_grad():
             target = features_at(self.teacher, wav, None)
-        x = transformer_input(self.model, wav)[0]
+        x = encoder_input(self.model, wav)
         if self.mp is not None:
             from ..pretrain.model import apply_mask
 
@@ -461,10 +485,13 @@ class LCFinetuner:
                 "total_steps": cfg.steps, "share_layers": None,
                 "loss": {"mse_weight": cfg.mse_weight, "cosine_weight": cfg.cosine_weight,
                          "mp_weight": cfg.mp_weight if cfg.targets else 0.0, "targets": cfg.targets}}
-        self.output.save_torch(EXPORT, export_checkpoint(self.source.checkpoint, self.model, meta))
+        family = self.source.family
+        export = EXPORTS[family.name]
+        self.output.save_torch(export, export_checkpoint(self.source.checkpoint, self.model, meta, family))
         self.output.write_text(HISTORY, json.dumps({"history": self.history, "heldout_depth_losses": self.evals},
                                                    indent=1))
-        manifest = {"checkpoint": EXPORT, "load_with": f"-u lc_hubert -k {self.output.path / EXPORT} -g depth.yaml",
+        manifest = {"checkpoint": export, "family": family.name,
+                    "load_with": f"-u {sli_entry(family.name)} -k {self.output.path / export} -g depth.yaml",
                     "steps": self.end, "total_steps": cfg.steps, "world_size": self.ctx.world_size,
                     "train_seconds": round(self.elapsed, 2), "heldout_depth_losses": self.evals,
                     "config": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "force", "progress")}}
@@ -473,14 +500,15 @@ class LCFinetuner:
         return manifest
 
 
-def export_checkpoint(source: Dict[str, Any], model, meta: Dict[str, Any]) -> Dict[str, Any]:
-    """``source`` (a ``hubert_local`` checkpoint) with the fine-tuned weights, in their stored dtype, and
-    ``meta`` under :data:`~s3prl_redundancy.layer_consistency.META_KEY`; s3prl's loader reads it as before."""
-    stored = source["model_weight"]
+def export_checkpoint(source: Dict[str, Any], model, meta: Dict[str, Any], family) -> Dict[str, Any]:
+    """``source`` (a checkpoint in ``family``'s s3prl local format) with the fine-tuned weights under the
+    family's ``weights_key``, each in its stored dtype, every other key kept, and ``meta`` under
+    :data:`~s3prl_redundancy.layer_consistency.META_KEY`; s3prl's loader for the family reads it as before."""
+    stored = family.weights(source)
     weights = {k: v.detach().cpu().to(stored[k].dtype if k in stored else v.dtype).clone()
                for k, v in model.state_dict().items()}
     out = dict(source)
-    out["model_weight"] = weights
+    out[family.weights_key] = weights
     out[META_KEY] = meta
     return out
 

@@ -1,4 +1,5 @@
-"""Shallow layer inference (SLI): a checkpoint cut to its first ``k`` layers, for the ``lc_*`` hub entries.
+"""Shallow layer inference (SLI): a checkpoint cut to its first ``k`` layers, for the ``lc_*`` hub entries
+(``lc_hubert``, ``lc_wav2vec2``, ``lc_wavlm``: one per family, :func:`sli_entry`).
 
 A pre-LN encoder (``layer_norm_first``) applies ``encoder.layer_norm`` after its last layer, so the model
 cut to ``k`` layers ends with the exit norm the layer-consistent training used at depth ``k``
@@ -16,6 +17,12 @@ from ..errors import UserInputError
 from . import COMPACT_KEY, META_KEY
 
 DEPTH_KEY = "depth"
+ENTRY_PREFIX = "lc_"  # the SLI hub entry of a family: lc_hubert, lc_wav2vec2, lc_wavlm
+
+
+def sli_entry(family: str) -> str:
+    """The hub entry that serves a layer-consistent checkpoint of ``family`` (``upstreams/lc/hubconf.py``)."""
+    return ENTRY_PREFIX + family
 
 
 def read_depth(model_config: Union[None, str, Path, Mapping[str, Any], int]) -> Optional[int]:

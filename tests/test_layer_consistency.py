@@ -597,3 +597,14 @@ def test_shipped_lc_tiny_hubert_is_layer_consistent_and_serves_every_depth():
             up = lc_tiny_hubert(model_config={"depth": depth}).eval()
             hs = up(wav)["hidden_states"]
             assert len(hs) == depth + 1 and hs[-1].shape == (1, 49, 256)
+
+
+@pytest.mark.parametrize("kind", ["sli", "backward", "forward"])
+def test_the_measured_depth_k_models_run_k_layers(kind):
+    """``measure``'s depth-k models of the shipped checkpoints serve k + 1 hidden states."""
+    from s3prl_redundancy.layer_consistency.measure import _upstreams_at_depth
+
+    ckpt = Path(lc.__file__).parents[2] / "upstreams" / ("lc/lc_tiny_hubert.pt" if kind == "sli" else "tiny/tiny_hubert.pt")
+    with torch.no_grad():
+        states = _upstreams_at_depth(kind, str(ckpt), 2).eval()([torch.randn(8000)])["hidden_states"]
+    assert len(states) == 3

@@ -409,3 +409,24 @@ def test_average_interval_covers_the_tasks_where_capacity_is_defined(tmp_path):
     assert row["capacity_tasks"] == "ks" and math.isnan(row["capacity_er"])
     assert row["capacity_avg"] == 1.0 and row["capacity_avg_low"] == row["capacity_ks_low"] == 1.0
     assert row["capacity_avg_high"] == row["capacity_ks_high"] == 1.0
+
+
+def test_layer_consistency_ks_comparison_pairs_the_runs_clip_by_clip(tmp_path):
+    """``layer_consistency.measure.ks_comparison`` (the KS table of docs/layer_consistency.md) reads each run's
+    per-clip predictions: accuracy with its Wilson interval, and the capacity A keeps of B, paired."""
+    from s3prl_redundancy.layer_consistency.measure import ks_comparison
+    from s3prl_redundancy.superb import intervals as iv
+
+    root = tmp_path / "exp"
+    full, cut = [1] * 40 + [0] * 10, [1] * 30 + [0] * 20  # cut is wrong on 10 clips full gets right
+    _run_with_items(root, "d6", "ks", full)
+    _run_with_items(root, "d4", "ks", cut)
+    _run(root, "broken", "ks", status="failed", error="x")
+    result = ks_comparison(root, ["d4/d6"], resamples=500)
+    assert result["test_clips"] == 50 and set(result["accuracy_percent"]) == {"d4", "d6"}
+    assert result["accuracy_percent"]["d6"][0] == 80.0 and result["accuracy_percent"]["d4"][0] == 60.0
+    ci = iv.wilson_interval(30, 50)
+    assert result["accuracy_percent"]["d4"][1:] == [round(100 * ci.low, 2), round(100 * ci.high, 2)]
+    pair = result["paired"]["d4/d6"]
+    assert pair["kept"][0] == 0.75 and pair["difference_points"][0] == -20.0
+    assert pair["difference_points"][2] < 0 and pair["verdict"] == "distinguishable"

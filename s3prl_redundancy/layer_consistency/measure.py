@@ -48,7 +48,8 @@ def write_clips(out, n_clips: int = 800, max_seconds: float = 4.0, seed: int = 0
 def _upstreams_at_depth(kind: str, ckpt: str, k: int):
     """The depth-``k`` model of ``kind``: ``sli`` (lc entry, first k layers + exit norm), ``backward`` /
     ``forward`` (tiny_hubert with layers removed by that strategy, no post-training)."""
-    from ..compression.strategies import Target, build_strategy, plan_layers
+    from ..compression.strategies import Target, plan_layers
+    from ..plugins import build_strategy
     from ..upstreams.lc.expert import LCHubertExpert
     from ..upstreams.pruned.expert import PrunedHubertExpert
 
@@ -302,6 +303,35 @@ def report(lc_ckpt: str, finetuned: Dict[str, str], tiny_ckpt: str, out, ks_voic
     return result
 
 
+def ks_comparison(superb_out, pairs: List[str], resamples: int = 10_000) -> Dict[str, Any]:
+    """KS test accuracy (Wilson 95%) of every finished run under the ``s3prl-redundancy superb`` folder
+    ``superb_out``, and for each ``"A/B"`` of ``pairs`` the capacity A keeps of B and the difference A - B in
+    points, paired bootstrap over the same test clips (:func:`~s3prl_redundancy.superb.intervals.paired_capacity`)."""
+    from ..superb.intervals import paired_capacity, wilson_interval
+    from ..superb.runs import STATUS_FINISHED, run_records
+    from ..superb.uncertainty import run_items
+
+    items = {}
+    for run_dir, record in run_records(superb_out):
+        if record.get("task") == "ks" and record.get("status") == STATUS_FINISHED:
+            found = run_items("ks", dict(record, _run_dir=str(run_dir)))
+            if found is not None:
+                items[record["upstream"]] = found
+    out: Dict[str, Any] = {"test_clips": len(next(iter(items.values()))) if items else 0, "accuracy_percent": {},
+                           "paired": {}}
+    for name, it in sorted(items.items()):
+        ci = wilson_interval(int(it.numer.sum()), len(it))
+        out["accuracy_percent"][name] = [round(100 * v, 2) for v in (ci.point, ci.low, ci.high)]
+    for pair in pairs:
+        a, b = pair.split("/")
+        cap = paired_capacity(items[b], items[a], resamples=resamples)
+        out["paired"][pair] = {"kept": [round(v, 3) for v in (cap.point, cap.low, cap.high)],
+                               "difference_points": [round(v, 2) for v in (cap.difference.point, cap.difference.low,
+                                                                           cap.difference.high)],
+                               "verdict": cap.verdict}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="measurements of docs/layer_consistency.md")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -316,9 +346,16 @@ def main(argv=None) -> int:
     rep.add_argument("--out", required=True, help="folder for layer_consistency.json and the figures")
     rep.add_argument("--ks-voices", type=int, default=40)
     rep.add_argument("--data-dir", help="pretrain-tiny's speech cache (e.g. RUN/data; default OUT/data, built if absent)")
+    ks = sub.add_parser("ks", help="KS accuracy and paired capacity of the runs of an `s3prl-redundancy superb` folder")
+    ks.add_argument("--superb", required=True, help="the superb --out folder")
+    ks.add_argument("--pairs", default="", help="comma-separated A/B: capacity A keeps of B, and A - B")
+    ks.add_argument("--out", help="write the result as JSON here (default: print it)")
     args = parser.parse_args(argv)
     if args.what == "clips":
         print(write_clips(args.out, args.clips))
+    elif args.what == "ks":
+        result = json.dumps(ks_comparison(args.superb, [p for p in args.pairs.split(",") if p]), indent=1)
+        atomic_write_text(args.out, result) if args.out else print(result)
     else:
         finetuned = {"tiny_lc_finetuned": args.finetuned}
         if args.finetuned_mp:

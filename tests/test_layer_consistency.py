@@ -608,3 +608,16 @@ def test_the_measured_depth_k_models_run_k_layers(kind):
     with torch.no_grad():
         states = _upstreams_at_depth(kind, str(ckpt), 2).eval()([torch.randn(8000)])["hidden_states"]
     assert len(states) == 3
+
+
+def test_prune_shallow_says_when_the_model_was_not_trained_for_it(tmp_path, capsys):
+    """``prune --strategy shallow`` on a standard model notes that it is ``backward`` and points to
+    ``lc-finetune``; on a layer-consistent model it says nothing."""
+    from s3prl_redundancy import cli
+
+    upstreams = Path(lc.__file__).parents[2] / "upstreams"
+    for ckpt, noted in ((upstreams / "tiny" / "tiny_hubert.pt", True), (upstreams / "lc" / "lc_tiny_hubert.pt", False)):
+        code = cli.main(["prune", "--upstream", "hubert_local", "--ckpt", str(ckpt), "--strategy", "shallow",
+                         "--keep", "2", "--dry-run", "--no-latency", "--out", str(tmp_path / "never")])
+        err = capsys.readouterr().err
+        assert code == 0 and ("lc-finetune" in err) == noted, err

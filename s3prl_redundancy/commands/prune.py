@@ -214,6 +214,8 @@ def run(args) -> int:
     out = None if args.dry_run else output_dir(args.out, args.force, command="prune")
     source = resolve_source(family.name, args.ckpt)
     fam, ckpt = load_family_checkpoint(source, expected_family=family.name)
+    if strategy is not None and strategy.advice(ckpt):
+        print(f"note: {strategy.advice(ckpt)}", file=sys.stderr)
     dataset, labels = _load_data(args, strategy, fam, ckpt)
     plan = stats = None
     if strategy is not None:

@@ -359,6 +359,10 @@ class LayerSelectionStrategy(abc.ABC):
     def needs_data(self) -> bool:
         return bool(self.needs)
 
+    def advice(self, ckpt: Mapping[str, Any]) -> Optional[str]:
+        """A note for the user about applying this strategy to ``ckpt`` (None: nothing to say)."""
+        return None
+
     @abc.abstractmethod
     def rank(self, num_layers: int, stats: Any = None) -> Ranking:
         """The removal order (and scores) for a model of ``num_layers`` layers."""
@@ -391,6 +395,16 @@ class ShallowStrategy(BackwardStrategy):
     name = "shallow"
     summary = ("keep the first k layers (shallow layer inference): meant for layer-consistent models (lc_tiny_hubert, "
                "lc-finetune output, served at any depth by lc_hubert); on other models it is backward")
+
+    def advice(self, ckpt):
+        from ..layer_consistency import META_KEY
+
+        if META_KEY in ckpt:
+            return None
+        return ("this model was not trained with layer consistency, so `shallow` is `backward`: it cuts a network "
+                "never trained to exit early (on KS it loses far more than a layer-consistent model). Train the "
+                "shallow exits first with `s3prl-redundancy lc-finetune`, then serve any depth with lc_hubert / "
+                "lc_wav2vec2 / lc_wavlm and `depth: k`")
 
 
 class ForwardStrategy(LayerSelectionStrategy):

@@ -1,14 +1,18 @@
 """Measurements of ``docs/layer_consistency.md``: capacity at every depth, layer similarity, parameters, time.
 
-``python -m s3prl_redundancy.layer_consistency.measure clips --out DIR`` writes the pretraining clips of
-``tiny_hubert`` (its training split, from the synthetic corpus) as wav files, the ``--data`` of the
-LC fine-tuning run; ``... report --lc LC.pt --finetuned FT.pt --out DIR`` measures and plots:
+``python -m s3prl_redundancy.layer_consistency.measure clips --out DIR --data-dir CACHE`` writes the
+pretraining clips of ``tiny_hubert`` (its training split, from the synthetic corpus) as wav files, the
+``--data`` of the LC fine-tuning runs, and names the k-means centres ``tiny_hubert`` was trained against
+(their ``--targets``); ``... report --lc LC.pt --finetuned FT.pt [--finetuned-mp MP.pt] --out DIR`` measures
+and plots the items below; ``... ks --superb RUNS --pairs A/B,...`` reads the KS runs of an
+``s3prl-redundancy superb`` folder (accuracy, paired capacity; :func:`ks_comparison`).
 
 - **capacity at depth k** (k = 1..L): a linear keyword probe (:mod:`s3prl_redundancy.probes`, mean pooling,
   test voices unseen) on the *last* hidden state each depth-k model serves, with a Wilson 95% interval
   (:func:`~s3prl_redundancy.superb.intervals.wilson_interval`) on the test clips, for the layer-consistent
   model with SLI, ``tiny_hubert`` cut by the no-post-training strategies ``backward`` (= ``shallow``) and
   ``forward`` (each kept layer set is ``prune_checkpoint``'s), and ``tiny_hubert`` after LC fine-tuning;
+- **masked prediction at depth k** with each model's own head (:func:`masked_accuracy_by_depth`);
 - **layer similarity**: linear CKA and cosine matrices (:func:`s3prl_redundancy.similarity.analysis.analyze`)
   of the full-depth models on held-out speech;
 - **parameters** and **inference time at each depth** (:func:`~s3prl_redundancy.compression.cost.time_side_by_side`,
@@ -30,19 +34,21 @@ from ..io import atomic_write_text
 N_LAYERS = 6
 
 
-def write_clips(out, n_clips: int = 800, max_seconds: float = 4.0, seed: int = 0) -> Path:
-    """The first ``n_clips`` training clips of the ``tiny_hubert`` corpus (seed ``seed``) as 16 kHz wav files."""
+def write_clips(out, data_dir, n_clips: int = 800, max_seconds: float = 4.0, seed: int = 0) -> Path:
+    """The first ``n_clips`` training clips of the ``tiny_hubert`` corpus (seed ``seed``) as 16 kHz wav files in
+    ``out``; the corpus and its k-means targets are built (or found) in ``data_dir``, as ``pretrain-tiny
+    --data-dir`` does. Returns the targets file: its centres are ``lc-finetune --targets``."""
     import soundfile
 
-    from ..pretrain.data import DataConfig, load_or_build
-    from ..pretrain.train import N_VALIDATION
+    from ..pretrain.train import TrainConfig, prepare_corpus, targets_path
 
     out = Path(out)
-    wavs, _ = load_or_build(DataConfig(seed=seed), out / "cache", log=lambda m: None)
-    train = wavs[: len(wavs) - N_VALIDATION]
-    for i, w in enumerate(train[:n_clips]):
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig(seed=seed)
+    corpus = prepare_corpus(cfg, data_dir, log=lambda m: None)
+    for i, w in enumerate(corpus.train_wavs[:n_clips]):
         soundfile.write(str(out / f"clip{i:04d}.wav"), w[: int(max_seconds * 16000)], 16000, subtype="PCM_16")
-    return out
+    return targets_path(cfg, data_dir)
 
 
 def _upstreams_at_depth(kind: str, ckpt: str, k: int):
@@ -332,11 +338,43 @@ def ks_comparison(superb_out, pairs: List[str], resamples: int = 10_000) -> Dict
     return out
 
 
+KS_SERIES = {"lc": "lc_sli", "std": "tiny_backward", "ft": "tiny_lc_finetuned", "mp": "tiny_lc_finetuned_mp"}
+
+
+def plot_ks(ks: Dict[str, Any], path) -> None:
+    """KS test accuracy (Wilson 95%) against the layers run, one series per model; run names ``<model>_d<k>``
+    (``KS_SERIES`` maps the model part to the labels of the other figures)."""
+    import re
+
+    import matplotlib
+
+    from ..io import save_figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: Dict[str, List[Dict[str, Any]]] = {}
+    for name, (acc, low, high) in sorted(ks["accuracy_percent"].items()):
+        found = re.fullmatch(r"(.+)_d(\d+)", name)
+        if found:
+            key = KS_SERIES.get(found.group(1), found.group(1))
+            series.setdefault(key, []).append({"depth": int(found.group(2)), "acc": acc, "low": low, "high": high})
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=90)
+    _errorbar_series(ax, {k: sorted(v, key=lambda r: r["depth"]) for k, v in series.items()}, "acc")
+    ax.set_xticks(sorted({r["depth"] for rows in series.values() for r in rows}))
+    ax.set_ylabel("KS test accuracy, % (run_downstream)")
+    ax.set_title(f"SUPERB KS through s3prl's run_downstream, {ks['test_clips']} test clips", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="measurements of docs/layer_consistency.md")
     sub = parser.add_subparsers(dest="what", required=True)
     clips = sub.add_parser("clips", help="write tiny_hubert's pretraining clips as wav files (lc-finetune --data)")
     clips.add_argument("--out", required=True)
+    clips.add_argument("--data-dir", required=True, help="pretrain-tiny's speech cache (built there if absent)")
     clips.add_argument("--clips", type=int, default=800)
     rep = sub.add_parser("report", help="capacity, similarity, parameters and time")
     rep.add_argument("--lc", required=True, help="layer-consistent checkpoint (pretrain-tiny --share-layers)")
@@ -349,13 +387,17 @@ def main(argv=None) -> int:
     ks = sub.add_parser("ks", help="KS accuracy and paired capacity of the runs of an `s3prl-redundancy superb` folder")
     ks.add_argument("--superb", required=True, help="the superb --out folder")
     ks.add_argument("--pairs", default="", help="comma-separated A/B: capacity A keeps of B, and A - B")
-    ks.add_argument("--out", help="write the result as JSON here (default: print it)")
+    ks.add_argument("--out", help="write the result as JSON here, and its plot next to it (default: print it)")
     args = parser.parse_args(argv)
     if args.what == "clips":
-        print(write_clips(args.out, args.clips))
+        print(f"targets (k-means centres, lc-finetune --targets): {write_clips(args.out, args.data_dir, args.clips)}")
     elif args.what == "ks":
-        result = json.dumps(ks_comparison(args.superb, [p for p in args.pairs.split(",") if p]), indent=1)
-        atomic_write_text(args.out, result) if args.out else print(result)
+        result = ks_comparison(args.superb, [p for p in args.pairs.split(",") if p])
+        if args.out:
+            atomic_write_text(args.out, json.dumps(result, indent=1))
+            plot_ks(result, Path(args.out).with_suffix(".png"))
+        else:
+            print(json.dumps(result, indent=1))
     else:
         finetuned = {"tiny_lc_finetuned": args.finetuned}
         if args.finetuned_mp:

@@ -127,15 +127,20 @@ class Corpus:
         return wav, lab
 
 
-def prepare_corpus(cfg: TrainConfig, data_dir, log=print) -> Corpus:
-    """Synthesise (or load) the speech and compute (or load) its k-means targets, cached in ``data_dir``."""
-    data_dir = Path(data_dir)
-    wavs, meta = load_or_build(cfg.data, data_dir, log=log)
+def targets_path(cfg: TrainConfig, data_dir) -> Path:
+    """Where :func:`prepare_corpus` caches the k-means targets (labels, offsets, centres) of ``cfg``."""
     if cfg.targets_from is not None:
         kind = f"_it2_{cfg.targets_sha[:16]}_L{cfg.target_layer}"
     else:
         kind = "" if cfg.mfcc_cmn else "_nocmn"
-    tpath = data_dir / f"targets_{cfg.data.key()}_k{cfg.n_clusters}_s{cfg.seed}{kind}.npz"
+    return Path(data_dir) / f"targets_{cfg.data.key()}_k{cfg.n_clusters}_s{cfg.seed}{kind}.npz"
+
+
+def prepare_corpus(cfg: TrainConfig, data_dir, log=print) -> Corpus:
+    """Synthesise (or load) the speech and compute (or load) its k-means targets, cached in ``data_dir``."""
+    data_dir = Path(data_dir)
+    wavs, meta = load_or_build(cfg.data, data_dir, log=log)
+    tpath = targets_path(cfg, data_dir)
     if tpath.exists():
         with np.load(tpath, allow_pickle=False) as z:
             flat, offsets = z["labels"], z["offsets"]

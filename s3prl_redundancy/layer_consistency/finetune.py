@@ -40,6 +40,7 @@ from .. import distributed
 from ..errors import UserInputError
 from ..families import FAMILIES
 from ..io import OutputDir
+from ..pretrain.model import apply_mask
 from ..pretrain.targets import HOP, WINDOW, num_frames
 from . import META_KEY, encode_to_depth, parse_depth_range, sample_depth, transformer_input
 from .sli import sli_entry
@@ -186,8 +187,6 @@ def masked_accuracy(model, mp: "MaskedPrediction", wavs: List, labels: List, see
     """Masked-prediction accuracy of the model's head at every depth on ``wavs`` (one fixed span mask per
     utterance, drawn from ``[seed, index, 2]``), over all their masked frames."""
     import torch
-
-    from ..pretrain.model import apply_mask
 
     n = len(model.encoder.layers)
     correct, masked = {k: 0 for k in range(1, n + 1)}, 0
@@ -398,30 +397,10 @@ class LCFinetuner:
         """One optimiser step on global batch ``step`` at its sampled depth; its statistics."""
         import torch
 
-        cfg, ctx = self.cfg, self.ctx
+        cfg = self.cfg
         t0 = time.perf_counter()
         depth = sample_depth(cfg.seed, step, self.depth_range)
-        wav, labels = self.batches.batch(step, ctx.rank, ctx.world_size)
-        wav = torch.as_tensor(wav, device=self.device)
-        with torch.no_grad():
-            target = features_at(self.teacher, wav, None)
-        x = encoder_input(self.model, wav)
-        if self.mp is not None:
-            from ..pretrain.model import apply_mask
-
-            mask = self.mp.mask(self.model, self.batches.rows(step), x.shape[1], [cfg.seed, step, 1], ctx.rank,
-                                ctx.world_size).to(self.device)
-            x = apply_mask(self.model, x, mask)
-        pred = encode_to_depth(self.model, x, depth)
-        counts = [pred.shape[0] * pred.shape[1], int(mask.sum()) if self.mp is not None else 0]
-        frames, masked = distributed.all_reduce_sum(counts, dtype=torch.float64)
-        loss, mse, cos = distill_loss(pred, target, frames, cfg.mse_weight, cfg.cosine_weight)
-        parts = [loss, mse, cos]
-        if self.mp is not None:
-            ce_sum, correct = self.mp.scores(self.model, pred, torch.as_tensor(labels, device=self.device), mask)
-            ce = ce_sum / max(1.0, masked)
-            loss = loss + self.mp.weight * ce
-            parts = [loss, mse, cos, ce, torch.tensor(correct / max(1.0, masked))]
+        loss, parts = self._losses(step, depth)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._sum_gradients()
@@ -437,6 +416,33 @@ class LCFinetuner:
             stats.update(ce_masked=sums[3], acc_masked=sums[4])
         self.history.append(stats)
         return stats
+
+    def _losses(self, step: int, depth: int):
+        """``(loss, [loss, mse, cos(, ce_masked, acc_masked)])``: this rank's share of the global values on its
+        rows of batch ``step`` at exit depth ``depth`` (their sum over ranks is the global value)."""
+        import torch
+
+        cfg, ctx = self.cfg, self.ctx
+        wav, labels = self.batches.batch(step, ctx.rank, ctx.world_size)
+        wav = torch.as_tensor(wav, device=self.device)
+        with torch.no_grad():
+            target = features_at(self.teacher, wav, None)
+        x = encoder_input(self.model, wav)
+        mask = None
+        if self.mp is not None:  # HuBERT's masking of the student's input, rows of the global batch's mask
+            mask = self.mp.mask(self.model, self.batches.rows(step), x.shape[1], [cfg.seed, step, 1], ctx.rank,
+                                ctx.world_size).to(self.device)
+            x = apply_mask(self.model, x, mask)
+        pred = encode_to_depth(self.model, x, depth)
+        counts = [pred.shape[0] * pred.shape[1], 0 if mask is None else int(mask.sum())]
+        frames, masked = distributed.all_reduce_sum(counts, dtype=torch.float64)
+        loss, mse, cos = distill_loss(pred, target, frames, cfg.mse_weight, cfg.cosine_weight)
+        if mask is None:
+            return loss, [loss, mse, cos]
+        ce_sum, correct = self.mp.scores(self.model, pred, torch.as_tensor(labels, device=self.device), mask)
+        ce = ce_sum / max(1.0, masked)
+        loss = loss + self.mp.weight * ce
+        return loss, [loss, mse, cos, ce, torch.tensor(correct / max(1.0, masked))]
 
     def _sum_gradients(self) -> None:
         """Sum every gradient over the ranks (each rank's loss is its share of the global loss). All ranks
@@ -480,7 +486,8 @@ class LCFinetuner:
         cfg = self.cfg
         if self.end == cfg.steps and self.heldout_wavs:
             self.evaluate("after")
-        meta = {"method": "layer-consistency fine-tuning (sampled exit depth, self-distillation), arXiv 2105.00812",
+        method = "self-distillation" + (" and masked prediction" if self.mp else "")
+        meta = {"method": f"layer-consistency fine-tuning (sampled exit depth, {method}), arXiv 2105.00812",
                 "finetuned_from": self.source.source, "depth_range": list(self.depth_range), "steps": self.end,
                 "total_steps": cfg.steps, "share_layers": None,
                 "loss": {"mse_weight": cfg.mse_weight, "cosine_weight": cfg.cosine_weight,

@@ -287,8 +287,11 @@ def test_a_leaderboard_run_whose_metric_is_not_a_number_shows_as_failed(tmp_path
 def _interrupted_after_first_checkpoint(argv, checkpoint: Path, cwd):
     """Run ``s3prl-redundancy ARGV`` in a fresh process, SIGINT it once ``checkpoint`` exists."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    # a shell's background job (`make test-slow &`) starts with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal's foreground job has
     proc = subprocess.Popen([sys.executable, "-m", "s3prl_redundancy.cli", *argv], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for _ in range(1200):  # a bounded wait (up to about 2 minutes) for the first checkpoint
         if checkpoint.is_file() or proc.poll() is not None:
             break

@@ -153,7 +153,8 @@ def prediction_logits(model, x, head: str):
     if head == LINEAR_HEAD:
         return proj
     embs = model.label_embs_concat.float()  # (K, final_dim): one target set (s3prl's HubertModel)
-    return F.cosine_similarity(proj.unsqueeze(-2), embs, dim=-1) / model.logit_temp
+    # normalised vectors and one matmul: the cosine of every frame with every class without a (N, K, D) tensor
+    return F.normalize(proj, dim=-1) @ F.normalize(embs, dim=-1).T / model.logit_temp
 
 
 def target_classes(ckpt) -> int:

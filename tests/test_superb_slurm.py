@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -269,22 +270,27 @@ def test_a_second_launcher_adopts_the_running_job_and_no_wait_detaches(fake_run,
     assert second.adopt("999999999", request(6)) is None
 
 
+def _launch_concurrently(launcher, request, count: int):
+    """``count`` requests launched from as many threads at once (what a batching window must gather);
+    their handles."""
+    handles = []
+    threads = [threading.Thread(target=lambda: handles.append(launcher.launch(request(2)))) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return handles
+
+
 @pytest.mark.slow
 def test_requests_arriving_together_are_submitted_in_one_batch(fake_run, tmp_path, monkeypatch):
-    import threading
-
     run_dir, request = fake_run
     launcher = _launcher(tmp_path)
     launcher.batch_window_s = 0.5
     batches = []
     original = launcher._submit
     monkeypatch.setattr(launcher, "_submit", lambda batch: (batches.append(len(batch)), original(batch))[1])
-    handles = []
-    threads = [threading.Thread(target=lambda: handles.append(launcher.launch(request(2)))) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    handles = _launch_concurrently(launcher, request, 3)
     assert batches == [3] and len({h.job_id for h in handles}) == 3
     assert [h.wait() for h in handles] == [0, 0, 0]
 
@@ -372,8 +378,6 @@ def test_a_local_job_is_alive_while_its_controller_runs():
 def test_runs_reaching_the_slurm_launcher_together_are_one_job_array(fake_run, tmp_path):
     """Through submitit's real SlurmExecutor with sbatch/sacct mocked by submitit's own test helper: one sbatch
     call with ``--array=0-2%2`` and the options, job ids ``<array>_<i>``, and a later launcher adopts them."""
-    import threading
-
     mocked_slurm = pytest.importorskip("submitit.slurm.test_slurm").mocked_slurm
     run_dir, request = fake_run
     folder = tmp_path / "exp" / "runs" / ".submitit"
@@ -381,12 +385,7 @@ def test_runs_reaching_the_slurm_launcher_together_are_one_job_array(fake_run, t
     with mocked_slurm() as mock:
         launcher = SubmititLauncher("slurm", folder, options, wait=False)
         launcher.batch_window_s = 0.5
-        handles = []
-        threads = [threading.Thread(target=lambda: handles.append(launcher.launch(request(2)))) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        handles = _launch_concurrently(launcher, request, 3)
         ids = sorted(h.job_id for h in handles)
         array_id = ids[0].split("_")[0]
         assert ids == [f"{array_id}_{i}" for i in range(3)] and mock.job_count == 13  # one sbatch call
